@@ -1,0 +1,134 @@
+"""Model directories: `config.json` + an Orbax checkpoint of the params pytree.
+
+This is the format `earthmapper convert ...` writes and `tokenizer.load` / `earthmapper_jax.load`
+read (inference artefacts). Training checkpoints (optimizer state, data-iterator state, ...) are
+managed by `earthmapper_jax.train.checkpoints`.
+
+    DIR/config.json   {"kind": "tokenizer" | "var" | "earthmapper", "format_version": 1,
+                       "config": {...}, "meta": {...}}
+    DIR/params/       Orbax StandardCheckpointer directory
+
+Writes are atomic: everything goes to a sibling temp directory that is renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+
+import jax
+import numpy as np
+
+from earthmapper_jax.errors import CheckpointError
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+PARAMS_DIR = "params"
+
+
+def _to_jsonable(obj):
+    if hasattr(obj, "to_dict"):  # ml_collections.ConfigDict
+        obj = obj.to_dict()
+    if isinstance(obj, dict):
+        return {str(k): _to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def save_params(directory, params, config, *, kind: str, meta: dict | None = None,
+                overwrite: bool = False) -> pathlib.Path:
+    """Writes `params` (any pytree of arrays) and `config` (dict or ConfigDict) to `directory`."""
+    import orbax.checkpoint as ocp
+
+    directory = pathlib.Path(directory).absolute()
+    if directory.exists() and not overwrite:
+        if any(directory.iterdir()):
+            raise CheckpointError(f"{directory} already exists and is not empty (pass overwrite)")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        params = jax.tree.map(np.asarray, params)
+        ckptr = ocp.StandardCheckpointer()
+        ckptr.save(tmp / PARAMS_DIR, params)
+        ckptr.wait_until_finished()
+        doc = {"kind": kind, "format_version": FORMAT_VERSION, "config": _to_jsonable(config),
+               "meta": _to_jsonable(meta or {})}
+        (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True))
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def read_config(directory, *, expect_kind: str | None = None) -> dict:
+    """Returns the parsed config.json document (kind, config, meta) of a model directory."""
+    directory = pathlib.Path(directory)
+    cfg = directory / CONFIG_FILE
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: no such checkpoint directory")
+    if not cfg.is_file():
+        raise CheckpointError(f"{directory}: not a model directory (no {CONFIG_FILE})")
+    try:
+        doc = json.loads(cfg.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg}: invalid JSON ({e.msg} at line {e.lineno})") from None
+    if expect_kind is not None and doc.get("kind") != expect_kind:
+        raise CheckpointError(
+            f"{directory}: holds a {doc.get('kind')!r} checkpoint, expected {expect_kind!r}")
+    if doc.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{directory}: format version {doc['format_version']} is newer than this "
+            f"earthmapper_jax understands ({FORMAT_VERSION}); upgrade the package")
+    return doc
+
+
+def load_params(directory, *, expect_kind: str | None = None, target=None):
+    """Returns (params, config_dict) from a directory written by `save_params`.
+
+    `target`: optional pytree of arrays / jax.ShapeDtypeStruct (with shardings) to restore into;
+    its structure and shapes must match or a CheckpointError names the first mismatch.
+    """
+    import orbax.checkpoint as ocp
+
+    directory = pathlib.Path(directory).absolute()
+    doc = read_config(directory, expect_kind=expect_kind)
+    pdir = directory / PARAMS_DIR
+    if not pdir.is_dir():
+        raise CheckpointError(f"{directory}: params/ missing (incomplete checkpoint)")
+    ckptr = ocp.StandardCheckpointer()
+    try:
+        if target is None:
+            params = ckptr.restore(pdir)
+        else:
+            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+            params = ckptr.restore(pdir, abstract)
+    except Exception as e:  # noqa: BLE001 - orbax raises many types; say it in one line
+        msg = (str(e).splitlines() or [type(e).__name__])[0][:300]
+        raise CheckpointError(f"{directory}: cannot restore params ({msg})") from None
+    if target is not None:
+        _check_matches(directory, params, target)
+    return params, doc["config"]
+
+
+def _check_matches(directory, params, target):
+    """Orbax returns the stored shapes whatever the target says: check them ourselves."""
+    got = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+    want = dict(jax.tree_util.tree_flatten_with_path(target)[0])
+    for path in want.keys() - got.keys():
+        raise CheckpointError(f"{directory}: parameter {jax.tree_util.keystr(path)} is missing")
+    for path in got.keys() - want.keys():
+        raise CheckpointError(f"{directory}: unexpected parameter {jax.tree_util.keystr(path)}")
+    for path, w in want.items():
+        if tuple(got[path].shape) != tuple(w.shape):
+            raise CheckpointError(
+                f"{directory}: parameter {jax.tree_util.keystr(path)} has shape "
+                f"{tuple(got[path].shape)}, expected {tuple(w.shape)} (another architecture?)")
