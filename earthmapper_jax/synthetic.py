@@ -16,12 +16,12 @@ centre and greener/wetter towards its edges, so coordinates carry information to
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
-import sys
 from typing import Iterator, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from earthmapper_jax.parallel import ordered_imap
 
 # Somewhere in China: a window around central Beijing (lat0, lon0, lat1, lon1).
 DEFAULT_BBOX = (39.80, 116.20, 40.05, 116.55)
@@ -334,44 +334,54 @@ def render_satellite(layout: Layout, size: int, seed: int, labels: np.ndarray | 
 
     # Water: dark teal with slow variation and fine ripples.
     water = np.array([38, 68, 80], np.float32) * (
-        0.85 + 0.25 * _noise(rng, size, 6) + 0.06 * _noise(rng, size, n_fine)
+        np.float32(0.85) + 0.25 * _noise(rng, size, 6) + 0.06 * _noise(rng, size, n_fine)
     )[..., None]
 
     # Asphalt (+ lane markings on major roads, drawn below).
-    asphalt = (np.float32(88) + 26 * _noise(rng, size, n_fine) + rng.normal(0, 4, (size, size)))
+    asphalt = np.float32(88) + 26 * _noise(rng, size, n_fine) + 4 * rng.standard_normal((size, size), np.float32)
     asphalt = np.repeat(asphalt[..., None], 3, axis=2) * np.array([1.0, 1.0, 1.04], np.float32)
 
     # Roofs: one colour per building (+ shadow mask from a per-tile sun direction).
     roof_img = Image.new("RGB", (size, size), (0, 0, 0))
     shadow_img = Image.new("L", (size, size), 0)
     rd, sd = ImageDraw.Draw(roof_img), ImageDraw.Draw(shadow_img)
+    roof_palette = ROOF_PALETTE.tolist()
     sun = rng.uniform(0, 2 * np.pi)
     sun_dir = np.array([np.cos(sun), np.sin(sun)])
     for pts in layout.buildings:
-        colour = ROOF_PALETTE[rng.integers(len(ROOF_PALETTE))] * rng.uniform(0.85, 1.12)
-        colour = tuple(int(c) for c in np.clip(colour, 0, 255))
+        k = rng.uniform(0.85, 1.12)
+        colour = tuple(min(255, int(c * k)) for c in roof_palette[rng.integers(len(roof_palette))])
         height = rng.uniform(0.006, 0.02 + 0.03 * layout.urban)
-        shifted = np.concatenate([pts, pts + sun_dir * height])
-        # Shadow = convex hull of the roof and its displaced copy (fine for rectangles).
-        sd.polygon(_xy(_hull(shifted), size), fill=255)
+        # Shadow = the roof swept along the sun direction: shifted copy + one quad per edge.
+        top = _xy(pts, size)
+        low = _xy(pts + sun_dir * height, size)
+        sd.polygon(low, fill=255)
+        for e in range(len(top)):
+            f = (e + 1) % len(top)
+            sd.polygon([top[e], top[f], low[f], low[e]], fill=255)
         edge = tuple(int(c * 0.78) for c in colour)
         rd.polygon(_xy(pts, size), fill=colour, outline=edge)
     roofs = np.asarray(roof_img, np.float32) * (0.92 + 0.16 * _noise(rng, size, n_fine))[..., None]
     shadow = np.asarray(shadow_img) > 0
 
-    sat = np.where((labels == PARK)[..., None], canopy, ground)
-    sat = np.where((labels == WATER)[..., None], water, sat)
+    # Composite by class with in-place masked assignment (float32 throughout: speed).
+    sat = ground
+    park, water_m = labels == PARK, labels == WATER
     road = (labels == MINOR) | (labels == MAJOR)
-    sat = np.where((shadow & ((labels == BG) | (labels == PARK) | road))[..., None], sat * 0.55, sat)
-    sat = np.where(road[..., None], asphalt * np.where(shadow, 0.6, 1.0)[..., None], sat)
-    sat = np.where((labels == BUILDING)[..., None], roofs, sat)
+    sat[park] = canopy[park]
+    sat[water_m] = water[water_m]
+    shaded = shadow & ((labels == BG) | park)
+    sat[shaded] *= 0.55
+    sat[road] = asphalt[road] * np.where(shadow[road], 0.6, 1.0).astype(np.float32)[:, None]
+    bmask = labels == BUILDING
+    sat[bmask] = roofs[bmask]
 
     # Scattered trees and markings: randomness the map does not show.
     extras = Image.new("RGB", (size, size), (0, 0, 0))
     mask = Image.new("L", (size, size), 0)
     ed, md = ImageDraw.Draw(extras), ImageDraw.Draw(mask)
     n_trees = int(rng.poisson(60 * (1.2 - layout.urban)))
-    for x, y in rng.random((n_trees, 2)) * size:
+    for x, y in (rng.random((n_trees, 2)) * size).tolist():
         r = rng.uniform(1.0, 3.5) * scale
         g = rng.uniform(0.7, 1.2)
         ed.ellipse([x - r, y - r, x + r, y + r], fill=(int(44 * g), int(70 * g), int(36 * g)))
@@ -381,37 +391,18 @@ def render_satellite(layout: Layout, size: int, seed: int, labels: np.ndarray | 
             for d in _dashes(r.points, size, 6 * scale, 5 * scale):
                 ed.line([tuple(p) for p in d.tolist()], fill=(215, 210, 190), width=max(1, int(scale)))
                 md.line([tuple(p) for p in d.tolist()], fill=2, width=max(1, int(scale)))
-    extras = np.asarray(extras, np.float32)
     emask = np.asarray(mask)
-    sat = np.where(((emask == 1) & (labels == BG))[..., None], extras, sat)
-    sat = np.where(((emask == 2) & (labels == MAJOR))[..., None], extras, sat)
+    sel = ((emask == 1) & (labels == BG)) | ((emask == 2) & (labels == MAJOR))
+    sat[sel] = np.asarray(extras, np.float32)[sel]
 
-    # Camera: per-channel gain, brightness, gamma, sensor noise, slight blur.
-    gain = rng.uniform(0.9, 1.1, 3).astype(np.float32) * rng.uniform(0.85, 1.15)
-    sat = sat * gain + rng.uniform(-10, 10)
-    sat = 255.0 * (np.clip(sat, 0, 255) / 255.0) ** rng.uniform(0.85, 1.15)
-    sat = sat + rng.normal(0, 3.0, sat.shape)
-    img = Image.fromarray(np.clip(sat, 0, 255).astype(np.uint8))
+    # Camera: per-channel gain, brightness, gamma (as a lookup table), sensor noise, blur.
+    gain = rng.uniform(0.9, 1.1, 3).astype(np.float32) * np.float32(rng.uniform(0.85, 1.15))
+    sat = np.clip(sat * gain + np.float32(rng.uniform(-10, 10)), 0, 255).astype(np.uint8)
+    lut = (255.0 * (np.arange(256) / 255.0) ** rng.uniform(0.85, 1.15)).astype(np.int16)
+    noisy = lut[sat] + (rng.standard_normal(sat.shape, dtype=np.float32) * 3.0).astype(np.int16)
+    img = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
     img = img.filter(ImageFilter.GaussianBlur(0.55 * scale))
     return np.asarray(img)
-
-
-def _hull(points):
-    """Convex hull (monotone chain) of a few 2-D points, counter-clockwise."""
-    pts = sorted(map(tuple, np.asarray(points).tolist()))
-
-    def half(seq):
-        h = []
-        for p in seq:
-            while len(h) >= 2 and (
-                (h[-1][0] - h[-2][0]) * (p[1] - h[-2][1]) - (h[-1][1] - h[-2][1]) * (p[0] - h[-2][0])
-            ) <= 0:
-                h.pop()
-            h.append(p)
-        return h
-
-    lower, upper = half(pts), half(reversed(pts))
-    return np.array(lower[:-1] + upper[:-1])
 
 
 # ----------------------------------------------------------------------------- public API
@@ -441,11 +432,7 @@ def iter_pairs(n: int, size: int = 256, seed: int = 0, workers: int = 1, bbox=DE
                start: int = 0) -> Iterator[Pair]:
     """Yields pairs start..start+n-1 of the data set `seed` in order (parallel if workers > 1)."""
     jobs = ((seed, i, size, bbox) for i in range(start, start + n))
-    if workers <= 1:
-        yield from map(_make_indexed, jobs)
-        return
-    with _pool_context().Pool(workers) as pool:
-        yield from pool.imap(_make_indexed, jobs, chunksize=16)
+    yield from ordered_imap(_make_indexed, jobs, workers, chunksize=16)
 
 
 def generate_many(n: int, size: int = 256, seed: int = 0, workers: int = 1, bbox=DEFAULT_BBOX) -> list[Pair]:
@@ -463,11 +450,6 @@ def make_batch(n: int, size: int = 256, seed: int = 0, bbox=DEFAULT_BBOX) -> dic
         "map": to_float([p.map for p in pairs]),
         "coords": np.array([(p.lat, p.lon) for p in pairs], np.float32),
     }
-
-
-def _pool_context():
-    # Forking a process that has started JAX's threads can deadlock; spawn then.
-    return multiprocessing.get_context("spawn" if "jax" in sys.modules else "fork")
 
 
 def save_grid(path, pairs, cols: int = 4):

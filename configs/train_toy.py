@@ -1,0 +1,32 @@
+"""Toy classifier (the trainer's own test model): checks the training system in seconds on CPU.
+
+Run:
+    python -m earthmapper_jax.main --config configs/train_toy.py --workdir /tmp/toy
+    python -m earthmapper_jax.main --config configs/train_toy.py --workdir /tmp/toy \
+        --config.mesh.fsdp=2 --config.total_steps=50
+"""
+
+import ml_collections
+
+from earthmapper_jax.train.defaults import add_training_fields
+
+
+def get_config(arg=None):
+    del arg
+    config = ml_collections.ConfigDict()
+    config.task = "toy"
+    config.model = ml_collections.ConfigDict(
+        dict(width=64, hidden=128, num_classes=16, dropout=0.1, dtype="float32"))
+    config.toy_nan_at_step = ml_collections.config_dict.placeholder(int)  # test hook
+    add_training_fields(config)
+    config.batch_size = 16
+    config.total_steps = 40
+    config.data.image_size = 8
+    config.data.examples_per_epoch = 512
+    config.optim.base_lr = 0.05
+    config.optim.warmup_steps = 5
+    config.checkpoint.every_steps = 10
+    config.log_every_steps = 1
+    config.eval_every_steps = 20
+    config.eval_batches = 2
+    return config

@@ -1,0 +1,165 @@
+"""VAR's self-attention in Flax Linen: cosine attention with a per-head learned scale.
+
+Public API (stable; the EarthMapper joint model reuses it):
+
+    SelfAttention(num_heads, attn_l2_norm=True, dtype=jnp.float32, implementation=None,
+                  init_std=0.02, proj_init_scale=1.0)
+        __call__(x (B, Lq, C), mask=None, cache=None, cache_offset=None) -> (y (B, Lq, C), cache)
+
+      Parameters (VAR's names, fp32): mat_qkv/kernel (C, 3C) with columns [q | k | v], each
+      head-major (H, D); q_bias (C,); v_bias (C,) (the key bias is fixed at zero); scale_mul (H,)
+      (only if attn_l2_norm; VAR's scale_mul_1H11, init ln 4); proj/{kernel (C, C), bias (C,)}.
+
+      attn_l2_norm=True: q and k are L2-normalised over the head dim (in fp32), q is multiplied
+      by exp(min(scale_mul, ln 100)), and the softmax scale is 1.
+      attn_l2_norm=False: softmax scale 0.25 / sqrt(D), as VAR's SelfAttention.
+
+      implementation: None / "xla" / "cudnn" go to `jax.nn.dot_product_attention`; "einsum"
+      is an explicit fp32 softmax(q k^T) v (exact parity path, the reference for tests).
+
+      mask: boolean, True = attend, broadcastable to (B, H, Lq, Lk) (see `masks.py`).
+      With a cache, the mask's last axis runs over the whole cache (length L).
+
+      cache: (k, v), each (B, L, H, D), a fixed-size buffer. This call's keys/values are written
+      at `cache_offset` with lax.dynamic_update_slice and the queries attend to positions
+      [0, cache_offset + Lq). A static (Python int) offset slices the cache statically (no mask
+      needed, fewer keys); a traced offset masks keys with arange(L) < offset + Lq.
+      The updated cache is returned; with cache=None the second result is None.
+
+    init_cache(batch, length, num_heads, head_dim, dtype) -> (k, v) zeros.
+    var_trunc_normal(std): PyTorch `trunc_normal_(std=std)` semantics (truncated at absolute
+      +-2, not +-2 std), the initialiser VAR uses for every Linear and embedding.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+IMPLEMENTATIONS = (None, "xla", "cudnn", "einsum")
+MAX_LOG_SCALE = math.log(100.0)  # VAR caps the per-head scale at 100
+INIT_LOG_SCALE = math.log(4.0)
+
+
+def var_trunc_normal(std: float):
+    """Normal(0, std) truncated at absolute [-2, 2] (PyTorch trunc_normal_ defaults)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        lo, hi = -2.0 / std, 2.0 / std
+        return (jax.random.truncated_normal(key, lo, hi, shape, jnp.float32) * std).astype(dtype)
+
+    return init
+
+
+def scaled_init(base, scale: float):
+    """`base` initialiser multiplied by a constant (VAR's post-init rescaling of some weights)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return base(key, shape, dtype) * scale
+
+    return init
+
+
+def init_cache(batch: int, length: int, num_heads: int, head_dim: int, dtype=jnp.float32):
+    """A zero (k, v) cache of shape (batch, length, num_heads, head_dim) each."""
+    shape = (batch, length, num_heads, head_dim)
+    return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
+
+
+def _l2_normalize(x, eps=1e-12):
+    # F.normalize semantics: x / max(||x||, eps)
+    norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
+    return x / jnp.maximum(norm, eps)
+
+
+def attend(q, k, v, *, mask=None, scale: float = 1.0, implementation=None):
+    """softmax(scale * q k^T, masked) v with q (B, Lq, H, D), k/v (B, Lk, H, D) -> (B, Lq, H, D)."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"attention implementation {implementation!r}; expected one of {IMPLEMENTATIONS}")
+    if implementation == "einsum":
+        logits = jnp.einsum(
+            "bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32,
+            precision=lax.Precision.HIGHEST,
+        ) * scale
+        if mask is not None:
+            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(logits, axis=-1)
+        out = jnp.einsum(
+            "bhqk,bkhd->bqhd", probs, v.astype(jnp.float32), precision=lax.Precision.HIGHEST
+        )
+        return out.astype(q.dtype)
+    if mask is not None:
+        mask = jnp.asarray(mask, bool)
+        while mask.ndim < 4:
+            mask = mask[None]
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation=implementation)
+
+
+class SelfAttention(nn.Module):
+    """VAR's SelfAttention (see module doc)."""
+
+    num_heads: int
+    attn_l2_norm: bool = True
+    dtype: Any = jnp.float32
+    implementation: Optional[str] = None
+    init_std: float = 0.02
+    proj_init_scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, x, mask=None, cache=None, cache_offset=None):
+        B, Lq, C = x.shape
+        H = self.num_heads
+        D = C // H
+        tn = var_trunc_normal(self.init_std)
+        qkv = nn.Dense(3 * C, use_bias=False, dtype=self.dtype, kernel_init=tn, name="mat_qkv")(x)
+        q_bias = self.param("q_bias", nn.initializers.zeros, (C,), jnp.float32)
+        v_bias = self.param("v_bias", nn.initializers.zeros, (C,), jnp.float32)
+        qkv = qkv.reshape(B, Lq, 3, H, D)
+        q = qkv[:, :, 0] + q_bias.reshape(H, D).astype(qkv.dtype)
+        k = qkv[:, :, 1]  # zero key bias
+        v = qkv[:, :, 2] + v_bias.reshape(H, D).astype(qkv.dtype)
+
+        if self.attn_l2_norm:
+            log_scale = self.param(
+                "scale_mul", nn.initializers.constant(INIT_LOG_SCALE), (H,), jnp.float32
+            )
+            s = jnp.exp(jnp.minimum(log_scale, MAX_LOG_SCALE))
+            # normalise in fp32: bf16 norms of 64-d vectors lose the cosine's precision
+            q = (_l2_normalize(q.astype(jnp.float32)) * s[:, None]).astype(self.dtype)
+            k = _l2_normalize(k.astype(jnp.float32)).astype(self.dtype)
+            scale = 1.0
+        else:
+            scale = 0.25 / math.sqrt(D)
+        q, k, v = q.astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype)
+
+        new_cache = None
+        if cache is not None:
+            k_cache, v_cache = cache
+            L = k_cache.shape[1]
+            start = 0 if cache_offset is None else cache_offset
+            k_cache = lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, start, 0, 0))
+            v_cache = lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, start, 0, 0))
+            new_cache = (k_cache, v_cache)
+            if isinstance(start, int):
+                end = start + Lq
+                k, v = k_cache[:, :end], v_cache[:, :end]
+                if mask is not None:
+                    mask = jnp.asarray(mask)[..., :end]
+            else:
+                k, v = k_cache, v_cache
+                key_ok = jnp.arange(L) < start + Lq
+                key_ok = key_ok[None, None, None, :]
+                mask = key_ok if mask is None else jnp.logical_and(mask, key_ok)
+            k, v = k.astype(self.dtype), v.astype(self.dtype)
+
+        out = attend(q, k, v, mask=mask, scale=scale, implementation=self.implementation)
+        out = out.reshape(B, Lq, C)
+        y = nn.Dense(
+            C, dtype=self.dtype, kernel_init=scaled_init(tn, self.proj_init_scale), name="proj"
+        )(out)
+        return y, new_cache

@@ -1,0 +1,144 @@
+"""`earthmapper_jax.load(dir)`: a converted or trained transformer with its tokenizer, as one object.
+
+Public API (stable; notebooks and tests use these names):
+
+    load(directory, **overrides) -> Model
+        directory: written by `earthmapper convert var ...` (kind "var") or by training
+        (kind "var" / "earthmapper"). overrides replace execution settings of the config, e.g.
+        dtype="bfloat16", attention="cudnn", scan_layers=True (the parameter layout follows).
+        The tokenizer is DIR/tokenizer, else the directory named in meta["tokenizer"].
+
+    Model
+        .config     ConfigDict (model.mode in {"var", "earthmapper"} selects the architecture)
+        .params     the parameter pytree (fp32)
+        .tokenizer  earthmapper_jax.tokenizer.Tokenizer
+        .mode       config.mode
+        .module     the Linen module (built from config)
+        .logits(cond, indices) -> (B, L, V) fp32 teacher-forced logits
+            cond: class labels (B,) in VAR mode (num_classes = the null class); in EarthMapper
+            mode whatever that mode defines (coordinates (B, 2) or None).
+            indices: list of K int token maps (B, pn, pn) (or (B, pn*pn)), e.g. tokenizer.encode.
+        .with_config(**overrides) -> Model   same weights, other execution settings
+
+    Modes are dispatched through MODES: mode name -> module path; that module provides
+    `build(config)` (the Linen module) and `logits(model, cond, indices)`. VAR mode is
+    `earthmapper_jax.models.var_mode`; the EarthMapper mode registers its own module path here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pathlib
+from typing import Any
+
+import ml_collections
+
+from earthmapper_jax.errors import CheckpointError, InputError
+
+MODES = {
+    "var": "earthmapper_jax.models.var_mode",
+    "earthmapper": "earthmapper_jax.models.earthmapper_mode",
+}
+TOKENIZER_SUBDIR = "tokenizer"
+
+
+def mode_module(mode: str):
+    if mode not in MODES:
+        raise CheckpointError(f"unknown model mode {mode!r}; expected one of {sorted(MODES)}")
+    return importlib.import_module(MODES[mode])
+
+
+class Model:
+    """A transformer, its config and its tokenizer (see module doc)."""
+
+    def __init__(self, config, params, tokenizer, directory=None):
+        self.config = ml_collections.ConfigDict(config) if isinstance(config, dict) else config
+        self.params = params
+        self.tokenizer = tokenizer
+        self.directory = directory
+        self._module = None
+        self._jit_cache: dict[Any, Any] = {}
+
+    @property
+    def mode(self) -> str:
+        return self.config.get("mode", "var")
+
+    @property
+    def module(self):
+        if self._module is None:
+            self._module = mode_module(self.mode).build(self.config)
+        return self._module
+
+    def cached_jit(self, key, make):
+        """A compiled function cached on this model under `key` (make() builds the jitted fn)."""
+        fn = self._jit_cache.get(key)
+        if fn is None:
+            fn = self._jit_cache[key] = make()
+        return fn
+
+    def logits(self, cond, indices):
+        """Teacher-forced logits (B, L, V), fp32 (see module doc)."""
+        return mode_module(self.mode).logits(self, cond, indices)
+
+    def with_config(self, **overrides) -> "Model":
+        config, params = apply_overrides(self.config, self.params, overrides)
+        return Model(config, params, self.tokenizer, self.directory)
+
+    def __repr__(self):
+        c = self.config
+        return (f"Model(mode={self.mode!r}, depth={c.get('depth')}, width={c.get('embed_dim')}, "
+                f"dtype={c.get('dtype')!r}, dir={str(self.directory)!r})")
+
+
+def apply_overrides(config, params, overrides):
+    """Config with execution overrides; params re-laid out if scan_layers changes."""
+    from earthmapper_jax.models.blocks import stack_block_params, unstack_block_params
+
+    config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, "to_dict") else dict(config))
+    before = bool(config.get("scan_layers", False))
+    for k, v in overrides.items():
+        if k not in config:
+            raise InputError(f"unknown model setting {k!r}; expected one of {sorted(config.keys())}")
+        config[k] = v
+    after = bool(config.get("scan_layers", False))
+    if before != after:
+        params = (stack_block_params if after else unstack_block_params)(params, int(config.depth))
+    return config, params
+
+
+def _load_tokenizer(directory: pathlib.Path, meta: dict):
+    from earthmapper_jax import tokenizer as tokenizer_lib
+
+    tdir = directory / TOKENIZER_SUBDIR
+    if not tdir.is_dir():
+        ref = meta.get("tokenizer")
+        if not ref:
+            raise CheckpointError(
+                f"{directory}: no tokenizer/ inside and no tokenizer reference in config.json")
+        tdir = pathlib.Path(ref)
+        if not tdir.is_absolute():
+            tdir = directory / tdir
+    return tokenizer_lib.load(tdir)
+
+
+def load(directory, **overrides) -> Model:
+    """Loads a model directory (see module doc)."""
+    from earthmapper_jax.io.checkpoint import load_params, read_config
+    from earthmapper_jax.models.convert_var import check_against_tokenizer
+
+    directory = pathlib.Path(directory)
+    doc = read_config(directory)
+    kind = doc.get("kind")
+    if kind not in MODES:
+        raise CheckpointError(
+            f"{directory}: holds a {kind!r} checkpoint, expected a transformer ({sorted(MODES)})")
+    params, config = load_params(directory)
+    config = ml_collections.ConfigDict(config)
+    if "mode" not in config:
+        config.mode = kind
+    if "patch_nums" in config:
+        config.patch_nums = tuple(int(p) for p in config.patch_nums)
+    tokenizer = _load_tokenizer(directory, doc.get("meta") or {})
+    check_against_tokenizer(config, dict(tokenizer.config), str(directory))
+    config, params = apply_overrides(config, params, overrides)
+    return Model(config, params, tokenizer, directory)

@@ -1,0 +1,19 @@
+"""Samplers. Every entry point returns (token maps: list of K int32 (B, pn, pn), decoded images
+(B, H, W, 3) in [-1, 1]).
+
+    generate_class(model, labels, rng, cfg=1.5, top_k=900, top_p=0.96, temperature=1.0,
+                   more_smooth=False)                                      VAR mode
+    translate(model, images, direction, rng, coords=None, **options)    EarthMapper mode
+    generate(model, coords, rng, batch=None, **options)                 (returns pairs:
+        ((sat_maps, map_maps), (sat_images, map_images)))
+    inpaint(model, images, mask, modality, rng, coords=None, condition=None, **options)
+    box_mask(size, box, outpaint=False)                                 masks for inpaint
+
+EarthMapper options and guidance: earthmapper_sampler (module doc) and docs/guidance.md.
+Token filtering and PRNG sampling helpers shared by all samplers: `filtering`.
+"""
+
+from earthmapper_jax.sampling.earthmapper_sampler import box_mask, generate, inpaint, translate
+from earthmapper_jax.sampling.var_sampler import generate_class
+
+__all__ = ["generate_class", "translate", "generate", "inpaint", "box_mask"]

@@ -1,0 +1,380 @@
+"""EarthMapper sampling: translation, joint generation, in-/out-painting, with guidance.
+
+Public API (re-exported by earthmapper_jax.sampling):
+
+    translate(model, images, direction, rng, coords=None, **options) -> (token_maps, images)
+        direction "sat2map" or "map2sat"; images of the source modality (B, S, S, 3) in [-1, 1].
+        The source is tokenised and teacher-forced at every scale (its real tokens, in every
+        CFG branch that keeps the condition); the target half is sampled. Returns the target's
+        K token maps (B, pn, pn) and decoded images (None with decode=False).
+    generate(model, coords, rng, batch=None, **options) -> ((sat_maps, map_maps), (sat_imgs, map_imgs))
+        A satellite/map pair from coordinates alone (None = the null coordinate, needs batch).
+    inpaint(model, images, mask, modality, rng, coords=None, condition=None, **options)
+        -> (token_maps, images)
+        images of `modality` ("sat"/"map"); mask (B, S, S) or (S, S) at image resolution, or
+        (B, pn_K, pn_K) on the last token grid: True = generate (in-paint), False = keep.
+        Out-painting is the inverted mask (`box_mask(..., outpaint=True)`). The kept tokens are
+        forced at every scale, the mask resized per scale as VAR's zero-shot editing does.
+        condition: optional images of the other modality, teacher-forced (e.g. repaint a
+        satellite region under a known map); otherwise the other modality is generated jointly.
+
+    options (all keyword):
+        guidance=(w_geo, w_cond, w_both)  multi-term CFG weights (guidance.multi_term_cfg);
+                     default: the paper's best triples, (2, 2, 2) sat2map, (8, 8, 8) map2sat
+                     and for generate / inpaint (0, 0, 4) (plain CFG 4 against the null
+                     coordinate); (0, 0, 0) = no guidance (one branch only)
+        complexity=True, gamma=1.0, alpha_power=1.0, beta_min=0.5   Complexity Guidance
+                     s = γ·α(r)·β(C); complexity=False -> s = γ·r (VAR's linear ramp)
+        kpf_tau=None  Key Point Force threshold τ (None = off; only with a condition image)
+        top_k=100, top_p=0.55, temperature=1.0   (the paper's top-k / top-p)
+        dtype=None    "bfloat16" for a bf16 sampler (the model's config otherwise)
+        decode=True   decode the token maps with the tokenizer
+
+    One jax.jit per configuration (batch, roles, branches, top_k, complexity, kpf on/off,
+    decode, dtype); the scale loop is unrolled with static offsets into a fixed-size KV cache
+    (depth, rows, L, H, D), rows = B × number of CFG branches (batch CFG); no host sync
+    inside. Guidance weights, γ, β_min, α power, τ, top-p and temperature are traced values.
+
+    sample_joint(module, tok_module, params, tok_params, coords, known, keep, rng, knobs, *,
+                 spec) -> dict: the traced program (tests and benchmarks call it directly).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from earthmapper_jax.errors import InputError
+from earthmapper_jax.models import earthmapper as em
+from earthmapper_jax.models.blocks import init_caches
+from earthmapper_jax.models.geo import validate_coords
+from earthmapper_jax.models.var_mode import tokenizer_parts
+from earthmapper_jax.sampling import guidance as G
+from earthmapper_jax.sampling.filtering import sample_tokens
+from earthmapper_jax.tokenizer.resize import area_matrix
+
+DIRECTIONS = {"sat2map": ("sat", "map"), "map2sat": ("map", "sat")}
+MODALITY_NAMES = {"sat": em.SAT, "satellite": em.SAT, "map": em.MAP}
+DEFAULT_GUIDANCE = {"sat2map": (2.0, 2.0, 2.0), "map2sat": (8.0, 8.0, 8.0), "joint": (0.0, 0.0, 4.0)}
+DEFAULTS = dict(complexity=True, gamma=1.0, alpha_power=1.0, beta_min=0.5, kpf_tau=None,
+                top_k=100, top_p=0.55, temperature=1.0, dtype=None, decode=True)
+# Branch name -> (coordinates dropped, condition half nulled).
+BRANCHES = {"full": (False, False), "nogeo": (True, False), "nocond": (False, True), "uncond": (True, True)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """Static configuration of one compiled sampler."""
+
+    roles: tuple            # per modality (sat, map): "cond" | "free" | "partial"
+    branches: tuple         # ("full", ...extra CFG branches)
+    top_k: int
+    complexity: bool
+    kpf: bool
+    decode: bool
+    return_logits: bool = False
+
+    @property
+    def condition(self) -> Optional[int]:
+        for m, r in enumerate(self.roles):
+            if r == "cond":
+                return m
+        return None
+
+
+# ----------------------------------------------------------------------------- masks
+
+
+@functools.lru_cache(maxsize=None)
+def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) PyTorch bilinear (align_corners=False, no antialias) in 1-D."""
+    m = np.zeros((n_out, n_in), np.float64)
+    for i in range(n_out):
+        x = max((i + 0.5) * n_in / n_out - 0.5, 0.0)
+        x0 = min(int(np.floor(x)), n_in - 1)
+        x1 = min(x0 + 1, n_in - 1)
+        w1 = x - x0
+        m[i, x0] += 1.0 - w1
+        m[i, x1] += w1
+    return m
+
+
+def scale_masks(keep_last: np.ndarray, patch_nums) -> list:
+    """Known-token masks per scale from a (B, pn_K, pn_K) float 'fraction kept' grid, as VAR's
+    zero-shot editing: bilinear to pn×pn, > 0.5; scales with pn² <= 3 are kept everywhere."""
+    out = []
+    for pn in patch_nums:
+        if pn * pn <= 3:
+            out.append(np.ones((keep_last.shape[0], pn, pn), bool))
+            continue
+        m = bilinear_matrix(keep_last.shape[1], pn)
+        out.append(np.einsum("oh,bhw,pw->bop", m, keep_last, m) > 0.5)
+    return out
+
+
+def box_mask(size: int, box, outpaint: bool = False) -> np.ndarray:
+    """(size, size) bool generate-mask of a box (y0, x0, y1, x1) given as fractions in [0, 1]:
+    True inside the box (in-painting), or outside it with outpaint=True."""
+    y0, x0, y1, x1 = (float(v) for v in box)
+    if not (0 <= y0 < y1 <= 1 and 0 <= x0 < x1 <= 1):
+        raise InputError(f"box {tuple(box)} must be (y0, x0, y1, x1) fractions with y0<y1, x0<x1 in [0, 1]")
+    m = np.zeros((size, size), bool)
+    m[int(round(y0 * size)):int(round(y1 * size)), int(round(x0 * size)):int(round(x1 * size))] = True
+    return ~m if outpaint else m
+
+
+def _keep_grid(mask, batch: int, image_size: int, last: int) -> np.ndarray:
+    """User generate-mask -> (B, pn_K, pn_K) float fraction of kept pixels per token."""
+    m = np.asarray(mask)
+    if m.dtype != bool and not np.isin(m, (0, 1)).all():
+        raise InputError("mask must be boolean (True = generate, False = keep)")
+    m = m.astype(bool)
+    if m.ndim == 2:
+        m = np.broadcast_to(m, (batch,) + m.shape)
+    if m.ndim != 3 or m.shape[0] != batch or m.shape[1] != m.shape[2] or m.shape[1] not in (image_size, last):
+        raise InputError(
+            f"mask has shape {m.shape}; expected ({batch}, {image_size}, {image_size}) or "
+            f"({batch}, {last}, {last}) (True = generate)")
+    keep = (~m).astype(np.float64)
+    if m.shape[1] == image_size and image_size != last:
+        a = area_matrix(image_size, last).astype(np.float64)
+        keep = np.einsum("oh,bhw,pw->bop", a, keep, a)
+    return keep
+
+
+# ----------------------------------------------------------------------------- the program
+
+
+def sample_joint(module, tok_module, params, tok_params, coords, known, keep, rng, knobs, *, spec: Spec):
+    """The traced sampler (see module doc).
+
+    coords (B, 2); known: (sat, map) flat tokens (B, Σpn²) int32 (ignored where not kept);
+    keep: (sat, map) flat bool (B, Σpn²), True = force the known token; knobs: dict of traced
+    scalars weights (3,), gamma, alpha_power, beta_min, tau, top_p, temperature.
+    Returns {"tokens": (sat_maps, map_maps), "images": (sat, map) or None, "logits": ...}.
+    """
+    EM = em.EarthMapper
+    p, tp = {"params": params}, {"params": tok_params}
+    pns = module.patch_nums
+    K = len(pns)
+    B = coords.shape[0]
+    nb = len(spec.branches)
+    rows = nb * B
+    lay = em.joint_layout(pns)
+    cond_m = spec.condition
+    full_mask = em.joint_mask(pns, module.within_scale)
+
+    drop_geo = jnp.repeat(jnp.asarray([BRANCHES[b][0] for b in spec.branches]), B)
+    nulled = jnp.repeat(jnp.asarray([BRANCHES[b][1] for b in spec.branches]), B)
+    null = [None, None]
+    if cond_m is not None and any(BRANCHES[b][1] for b in spec.branches):
+        null[cond_m] = nulled
+    cond = module.apply(p, jnp.tile(coords, (nb, 1)), drop_geo, method=EM.condition)
+    x = module.apply(p, cond, method=EM.start_tokens)
+    head_dim = module.embed_dim // module.num_heads
+    caches = init_caches(module.depth, rows, lay["length"], module.num_heads, head_dim, module.dtype)
+
+    full = pns[-1]
+    f_hat = [jnp.zeros((B, full, full, module.cvae), jnp.float32) for _ in range(2)]
+    maps = [[], []]
+    all_logits = []
+    half_b = 0
+    for si, pn in enumerate(pns):
+        n = pn * pn
+        begin = lay["begins"][si]
+        mask = full_mask[begin : begin + 2 * n, : begin + 2 * n]
+        mask = None if mask.all() else jnp.asarray(mask)[None, None]
+        h, caches, _ = module.apply(p, x, cond, mask, caches, begin, method=EM.transformer)
+        ratio = G.ramp(si, K)
+        rng, *keys = jax.random.split(rng, 3)
+        step_logits = {}
+        for m in (em.SAT, em.MAP):
+            kn = known[m][:, half_b : half_b + n]
+            kp = keep[m][:, half_b : half_b + n]
+            if spec.roles[m] == "cond":
+                idx = kn
+            else:
+                lg = module.apply(p, h[:, m * n : (m + 1) * n], cond, method=EM.logits_from_hidden)
+                lg = lg / knobs["temperature"]
+                by_branch = {b: lg[i * B : (i + 1) * B] for i, b in enumerate(spec.branches)}
+                c = None
+                if spec.complexity:
+                    c = G.complexity(by_branch["full"], None if spec.roles[m] == "free" else ~kp)
+                s = G.complexity_strength(ratio, c, gamma=knobs["gamma"], alpha_power=knobs["alpha_power"],
+                                          beta_min=knobs["beta_min"])
+                guided = G.multi_term_cfg(
+                    by_branch["full"], knobs["weights"], s,
+                    nogeo=by_branch.get("nogeo"), nocond=by_branch.get("nocond"),
+                    uncond=by_branch.get("uncond"))
+                step_logits[m] = guided
+                # temperature is already applied above
+                idx = sample_tokens(keys[m], guided, spec.top_k, knobs["top_p"], 1.0)
+                if spec.kpf and cond_m is not None:
+                    ckn = known[cond_m][:, half_b : half_b + n]
+                    idx = G.key_point_force(idx, ckn, module.vocab_size, knobs["tau"])
+                idx = jnp.where(kp, kn, idx)
+            maps[m].append(idx.reshape(B, pn, pn))
+        all_logits.append(step_logits)
+        nxt = []
+        for m in (em.SAT, em.MAP):
+            emb = tok_module.apply(tp, maps[m][-1], method="embed")
+            f_hat[m], nx = tok_module.apply(tp, si, K, f_hat[m], emb, method="next_autoregressive_input")
+            nxt.append(nx)
+        if si != K - 1:
+            pn2 = pns[si + 1]
+            xs = [jnp.tile(v.reshape(B, pn2 * pn2, module.cvae), (nb, 1, 1)) for v in nxt]
+            x = module.apply(p, xs[0], xs[1], si + 1, null[0], null[1], method=EM.scale_tokens)
+        half_b += n
+
+    images = None
+    if spec.decode:
+        images = tuple(
+            None if spec.roles[m] == "cond" else tok_module.apply(tp, f_hat[m], method="decode_fhat")
+            for m in (em.SAT, em.MAP))
+    out = {"tokens": (maps[0], maps[1]), "images": images}
+    if spec.return_logits:
+        out["logits"] = all_logits
+    return out
+
+
+# ----------------------------------------------------------------------------- host side
+
+
+def _options(kind: str, opts: dict) -> dict:
+    unknown = sorted(set(opts) - set(DEFAULTS) - {"guidance"})
+    if unknown:
+        raise InputError(f"unknown sampling option(s) {unknown}; expected some of {sorted(DEFAULTS) + ['guidance']}")
+    o = dict(DEFAULTS)
+    o.update(opts)
+    g = o.get("guidance")
+    g = DEFAULT_GUIDANCE[kind] if g is None else g
+    try:
+        g = tuple(float(v) for v in (g if np.ndim(g) else (0.0, 0.0, g)))
+    except (TypeError, ValueError):
+        raise InputError(f"guidance {g!r} must be a number or a triple (w_geo, w_cond, w_both)") from None
+    if len(g) != 3:
+        raise InputError(f"guidance {g!r} must be a triple (w_geo, w_cond, w_both)")
+    o["guidance"] = g
+    tk = o["top_k"]
+    if isinstance(tk, bool) or int(tk) != tk or tk < 0:
+        raise InputError(f"top_k must be an integer >= 0, got {tk!r}")
+    if not 0.0 <= float(o["top_p"]) <= 1.0:
+        raise InputError(f"top_p must lie in [0, 1], got {o['top_p']!r}")
+    if not float(o["temperature"]) > 0.0:
+        raise InputError(f"temperature must be > 0, got {o['temperature']!r}")
+    tau = o["kpf_tau"]
+    if tau is not None and not 0.0 <= float(tau) <= 1.0:
+        raise InputError(f"kpf_tau must be None or in [0, 1], got {tau!r}")
+    if not 0.0 <= float(o["beta_min"]) <= 1.0:
+        raise InputError(f"beta_min must lie in [0, 1], got {o['beta_min']!r}")
+    return o
+
+
+def _check_model(model):
+    if model.mode != "earthmapper":
+        raise InputError(f"this sampler needs an EarthMapper-mode model, this one is {model.mode!r}")
+
+
+def _run(model, coords, known, keep, roles, rng, o, return_logits=False):
+    """Builds (cached) and calls the jitted program for these roles and options."""
+    c = model.config
+    has_cond = "cond" in roles
+    geo_given = not np.isnan(coords).all()
+    w = list(o["guidance"])
+    if not geo_given:
+        w[0] = 0.0  # nogeo == full without coordinates
+    branches = ("full",) + G.needed_branches(w, has_cond)
+    B = coords.shape[0]
+    spec = Spec(roles=tuple(roles), branches=branches, top_k=int(o["top_k"]),
+                complexity=bool(o["complexity"]), kpf=o["kpf_tau"] is not None and has_cond,
+                decode=bool(o["decode"]), return_logits=return_logits)
+    dtype = o["dtype"] or c.dtype
+    key = ("earthmapper_sample", B, spec, dtype)
+
+    def make():
+        tok_module, _ = tokenizer_parts(model.tokenizer)
+        module = em.build(c, dtype=dtype, attention=c.get("sample_attention", c.attention))
+        return jax.jit(functools.partial(sample_joint, module, tok_module, spec=spec))
+
+    fn = model.cached_jit(key, make)
+    _, tok_params = tokenizer_parts(model.tokenizer)
+    knobs = {
+        "weights": jnp.asarray(w, jnp.float32), "gamma": jnp.float32(o["gamma"]),
+        "alpha_power": jnp.float32(o["alpha_power"]), "beta_min": jnp.float32(o["beta_min"]),
+        "tau": jnp.float32(o["kpf_tau"] if o["kpf_tau"] is not None else 2.0),
+        "top_p": jnp.float32(o["top_p"]), "temperature": jnp.float32(o["temperature"]),
+    }
+    return fn(model.params, tok_params, jnp.asarray(coords), known, keep, rng, knobs)
+
+
+def _encode(model, images, what: str):
+    try:
+        return em.flatten_tokens(model.tokenizer.encode(images))
+    except InputError as e:
+        raise InputError(f"{what}: {e}") from None
+
+
+def translate(model, images, direction, rng, coords=None, **options):
+    """Satellite -> map or map -> satellite (see module doc)."""
+    _check_model(model)
+    if direction not in DIRECTIONS:
+        raise InputError(f"unknown direction {direction!r}; expected one of {sorted(DIRECTIONS)}")
+    o = _options(direction, options)
+    src, _ = DIRECTIONS[direction]
+    src_tokens = _encode(model, images, f"{src} images")
+    B = src_tokens.shape[0]
+    coords = validate_coords(coords, B)
+    zeros = jnp.zeros_like(src_tokens)
+    known = [zeros, zeros]
+    keep = [jnp.zeros(src_tokens.shape, bool)] * 2
+    roles = ["free", "free"]
+    s = MODALITY_NAMES[src]
+    known[s], keep[s], roles[s] = src_tokens, jnp.ones(src_tokens.shape, bool), "cond"
+    out = _run(model, coords, tuple(known), tuple(keep), roles, rng, o)
+    t = 1 - s
+    return out["tokens"][t], (out["images"][t] if out["images"] else None)
+
+
+def generate(model, coords, rng, batch=None, **options):
+    """A (satellite, map) pair from coordinates (see module doc)."""
+    _check_model(model)
+    o = _options("joint", options)
+    coords = validate_coords(coords, batch)
+    B = coords.shape[0]
+    Lh = sum(p * p for p in model.config.patch_nums)
+    zeros = jnp.zeros((B, Lh), jnp.int32)
+    no = jnp.zeros((B, Lh), bool)
+    out = _run(model, coords, (zeros, zeros), (no, no), ("free", "free"), rng, o)
+    return out["tokens"], out["images"]
+
+
+def inpaint(model, images, mask, modality, rng, coords=None, condition=None, **options):
+    """In-/out-painting of one modality (see module doc)."""
+    _check_model(model)
+    if modality not in MODALITY_NAMES:
+        raise InputError(f"unknown modality {modality!r}; expected 'sat' or 'map'")
+    o = _options("joint", options) if condition is None else _options(
+        "map2sat" if MODALITY_NAMES[modality] == em.SAT else "sat2map", options)
+    m = MODALITY_NAMES[modality]
+    tokens = _encode(model, images, f"{modality} images")
+    B = tokens.shape[0]
+    coords = validate_coords(coords, B)
+    pns = tuple(model.config.patch_nums)
+    keep_grid = _keep_grid(mask, B, model.tokenizer.image_size, pns[-1])
+    kp = jnp.asarray(np.concatenate([k.reshape(B, -1) for k in scale_masks(keep_grid, pns)], 1))
+    known = [jnp.zeros_like(tokens)] * 2
+    keep = [jnp.zeros(tokens.shape, bool)] * 2
+    roles = ["free", "free"]
+    known[m], keep[m], roles[m] = tokens, kp, "partial"
+    if condition is not None:
+        ct = _encode(model, condition, "condition images")
+        if ct.shape[0] != B:
+            raise InputError(f"{ct.shape[0]} condition images for {B} images")
+        known[1 - m], keep[1 - m], roles[1 - m] = ct, jnp.ones(ct.shape, bool), "cond"
+    out = _run(model, coords, tuple(known), tuple(keep), roles, rng, o)
+    return out["tokens"][m], (out["images"][m] if out["images"] else None)

@@ -1,0 +1,75 @@
+"""What the trainer needs from a model: a `Task` of plain functions, chosen by `config.task`.
+
+The trainer is generic; a task says how to build params, compute the loss, feed data and
+draw samples. Adapters for the real models live in `task_adapters.py` (thin, they only call the
+model helpers' own functions); `toy_task.py` is a small conv/MLP model used by the tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Callable, Iterator, Optional
+
+from earthmapper_jax.errors import EarthMapperError
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """Functions the trainer calls (all but the first three are optional).
+
+    init_params(config, rng) -> params; leaves may be `nn.LogicallyPartitioned` boxes.
+    loss_fn(params, batch, rng, config, frozen) -> (fp32 scalar loss, dict of scalar metrics);
+        traced under jit, batch = dict of global jax.Arrays.
+    train_data(config, *, seed, batch_size) -> checkpointable iterator (get_state/set_state)
+        of host-local numpy dict batches of `batch_size` (this process's share).
+    load_frozen(config) -> pytree of arrays that are not trained (a frozen tokenizer, DINOv2);
+        placed on the devices once (replicated) and passed to loss/eval/sample as `frozen`.
+    eval_data(config, *, batch_size) -> finite iterable of host-local numpy dict batches.
+    eval_fn(params, batch, rng, config, frozen) -> dict of scalar metrics (jit'd by the trainer).
+    sample_fn(params, batch, rng, config, path, frozen) -> optional dict of scalars; host-side
+        hook that writes a PNG grid to `path` (process 0 writes; every process calls it).
+    export(params, config, workdir) -> path: writes the trained model (host numpy params) in its
+        loadable form under workdir (a tokenizer directory for `tokenizer.load`, a model
+        directory for `earthmapper_jax.load`); called once at the end of training.
+    init_extra(config) -> pytree of arrays: untrained state kept in TrainState.extra
+        (replicated, checkpointed), e.g. codebook code ages.
+    update_extra(params, extra, batch, aux, rng, config, step) -> (params, extra, metrics):
+        runs inside the jit'd step after the optimizer update; `aux` is loss_fn's metrics dict
+        (non-scalar entries, e.g. code hit counts, reach this hook but are never logged).
+    examples_per_epoch(config) -> int.
+    flops_per_example(config) -> float (training FLOPs, forward + backward) for MFU.
+    """
+
+    name: str
+    init_params: Callable[..., Any]
+    loss_fn: Callable[..., Any]
+    train_data: Callable[..., Iterator[dict]]
+    load_frozen: Optional[Callable[..., Any]] = None
+    eval_data: Optional[Callable[..., Any]] = None
+    eval_fn: Optional[Callable[..., dict]] = None
+    sample_fn: Optional[Callable[..., Any]] = None
+    export: Optional[Callable[..., Any]] = None
+    init_extra: Optional[Callable[..., Any]] = None
+    update_extra: Optional[Callable[..., Any]] = None
+    examples_per_epoch: Optional[Callable[..., int]] = None
+    flops_per_example: Optional[Callable[..., float]] = None
+
+
+# config.task -> "module:attribute" of a Task or of a zero-argument function returning one.
+REGISTRY = {
+    "toy": "earthmapper_jax.train.toy_task:TASK",
+    "tokenizer": "earthmapper_jax.train.task_adapters:tokenizer_task",
+    "earthmapper": "earthmapper_jax.train.task_adapters:earthmapper_task",
+}
+
+
+def get_task(config) -> Task:
+    """The Task named by `config.task`."""
+    name = config.get("task", None)
+    if name not in REGISTRY:
+        raise EarthMapperError(
+            f"config.task={name!r} is not a known task; expected one of {sorted(REGISTRY)}")
+    module, attr = REGISTRY[name].split(":")
+    obj = getattr(importlib.import_module(module), attr)
+    return obj if isinstance(obj, Task) else obj()

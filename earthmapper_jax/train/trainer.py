@@ -1,0 +1,339 @@
+"""`train_and_evaluate(config, workdir)`: the whole training run, top to bottom.
+
+Works for any `Task` (tokenizer, EarthMapper, the toy model) on one CPU, one GPU or a pod:
+the mesh comes from the config, params and optimizer state are born sharded, batches are
+assembled from each process's share, the state is donated to the step. Mixed precision is the
+model's business (`config.model.dtype`, e.g. bfloat16 compute on the fp32 params the trainer
+keeps); losses come back fp32.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import signal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from earthmapper_jax.errors import EarthMapperError
+from earthmapper_jax.train import checkpoints, metrics as metrics_lib, optim, sharding
+from earthmapper_jax.train import state as state_lib
+from earthmapper_jax.train.tasks import get_task
+
+
+class NonFiniteLossError(EarthMapperError):
+    """The loss or the gradient became NaN/Inf; training stopped without saving."""
+
+
+class _Preemption:
+    """Remembers a SIGTERM (pre-emption notice) so the loop can save and exit cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        # On multi-host runs JAX's preemption service owns SIGTERM (see _should_stop).
+        if jax.process_count() == 1:
+            try:
+                self._previous = signal.signal(signal.SIGTERM, self._handle)
+            except ValueError:  # not the main thread: no handler, rely on the default
+                self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _steps(config, task, global_batch):
+    """(total_steps, steps_per_epoch) from total_steps or num_epochs."""
+    n = config.data.get("examples_per_epoch", None)
+    if n is None and task.examples_per_epoch is not None:
+        n = task.examples_per_epoch(config)
+    steps_per_epoch = max(1, n // global_batch) if n else None
+    if config.get("total_steps", None):
+        return int(config.total_steps), steps_per_epoch or int(config.total_steps)
+    if config.get("num_epochs", None) and steps_per_epoch:
+        return int(math.ceil(config.num_epochs * steps_per_epoch)), steps_per_epoch
+    raise EarthMapperError("set config.total_steps, or config.num_epochs with a dataset "
+                           "whose size is known (config.data.examples_per_epoch)")
+
+
+def _unbox(tree):
+    return nn.meta.unbox(tree)
+
+
+def _fresh_state(config, task, tx, init_key):
+    params = _unbox(task.init_params(config, init_key))
+    extra = task.init_extra(config) if task.init_extra is not None else {}
+    return state_lib.create(params, tx, config.seed, extra)
+
+
+def abstract_train_state(config, task, mesh, tx, rules=sharding.LOGICAL_AXIS_RULES):
+    """(TrainState of ShapeDtypeStructs carrying their shardings, TrainState of shardings).
+
+    Nothing is computed: shapes come from `jax.eval_shape`. Restoring a checkpoint into this
+    target never materialises an initial state.
+    """
+    init_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+    boxed = jax.eval_shape(lambda: task.init_params(config, init_key))
+    param_sh = sharding.param_shardings(boxed, mesh, rules)
+    repl = sharding.replicated(mesh)
+    shapes = jax.eval_shape(lambda: _fresh_state(config, task, tx, init_key))
+    # Optimizer moments follow their parameter's sharding; counters are replicated.
+    opt_sh = optax.tree_utils.tree_map_params(
+        tx, lambda _, s: s, shapes.opt_state, param_sh, transform_non_params=lambda _: repl,
+        is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+    state_sh = state_lib.TrainState(step=repl, params=param_sh, opt_state=opt_sh, rng=repl,
+                                    extra=jax.tree.map(lambda _: repl, shapes.extra))
+    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                            shapes, state_sh)
+    return abstract, state_sh
+
+
+def create_train_state(config, task, mesh, tx, rules=sharding.LOGICAL_AXIS_RULES):
+    """Returns (state, state_shardings): params and optimizer state born sharded on `mesh`:
+    one jit'd init writes each device's slice directly, nothing is materialised whole."""
+    init_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+    _, state_sh = abstract_train_state(config, task, mesh, tx, rules)
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        state = jax.jit(lambda: _fresh_state(config, task, tx, init_key),
+                        out_shardings=state_sh)()
+    return state, state_sh
+
+
+def make_train_step(config, task, tx, lr_fn):
+    """The jit-able step: (state, batch) -> (new state, metrics)."""
+
+    def train_step(state, batch, frozen=None):
+        rng = state.step_key()
+        (loss, aux), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(
+            state.params, batch, rng, config, frozen)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        extra = state.extra
+        out = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+               "param_norm": optax.tree.norm(params), "lr": lr_fn(state.step)}
+        if task.update_extra is not None:
+            params, extra, more = task.update_extra(params, extra, batch, aux,
+                                                    jax.random.fold_in(rng, 1), config, state.step)
+            out.update(more)
+        out.update({k: v for k, v in aux.items() if jnp.ndim(v) == 0})  # scalars are logged
+        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, extra=extra)
+        return new, out
+
+    return train_step
+
+
+def _check_finite(step, m, last_saved):
+    bad = [k for k in ("loss", "grad_norm") if k in m and not np.isfinite(m[k])]
+    if bad:
+        raise NonFiniteLossError(
+            f"{bad[0]} became {m[bad[0]]} at step {step}; stopped without saving "
+            f"(last good checkpoint: {'none' if last_saved is None else f'step {last_saved}'}). "
+            "Lower the learning rate or check the data.")
+
+
+def place_frozen(frozen, mesh):
+    """Frozen (untrained) arrays on every device, replicated; works on multi-host too since
+    every process holds the same values."""
+    repl = sharding.replicated(mesh)
+
+    def put(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, repl, lambda idx: x[idx])
+
+    return jax.tree.map(put, frozen)
+
+
+def _evaluate(task, eval_step, state, config, mesh, local_batch, frozen):
+    sums, n = {}, 0
+    for i, batch in enumerate(task.eval_data(config, batch_size=local_batch)):
+        if i >= config.get("eval_batches", 8):
+            break
+        m = jax.device_get(eval_step(state.params, sharding.host_batch_to_global(batch, mesh),
+                                     jax.random.fold_in(state.step_key(), 10_000 + i), frozen))
+        for k, v in m.items():
+            if np.ndim(v) == 0:
+                sums[k] = sums.get(k, 0.0) + float(v)
+        n += 1
+    return {f"eval/{k}": v / max(n, 1) for k, v in sums.items()}
+
+
+def _export(task, state, config, workdir):
+    """Writes the loadable model once training is done (single-process runs: a pod run is
+    exported by running the same command again on one host, which restores and exports)."""
+    if task.export is None:
+        return
+    if jax.process_count() > 1:
+        if jax.process_index() == 0:
+            print("multi-host run: export skipped; rerun the same command on one host to "
+                  "export the final checkpoint", flush=True)
+        return
+    path = task.export(jax.device_get(state.params), config, workdir)
+    print(f"exported the trained model to {path}", flush=True)
+
+
+def train_and_evaluate(config, workdir) -> dict:
+    """Trains `config.task` to `config.total_steps` (or `num_epochs`), resuming from the newest
+    checkpoint in `workdir` if there is one. Returns a summary dict (final step, last metrics,
+    why it stopped: "done" or "preempted")."""
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    sharding.maybe_initialize_distributed(config)
+    is_main = jax.process_index() == 0
+
+    ##### Mesh, task, optimiser #####
+    task = get_task(config)
+    mesh = sharding.make_mesh(config.get("mesh", None))
+    rules = tuple(tuple(r) for r in (config.get("sharding_rules", None)
+                                     or sharding.LOGICAL_AXIS_RULES))
+    global_batch = int(config.batch_size)
+    if global_batch % sharding.data_parallel_size(mesh) or global_batch % jax.process_count():
+        raise EarthMapperError(
+            f"batch_size {global_batch} must be divisible by the data-parallel mesh size "
+            f"{sharding.data_parallel_size(mesh)} and the process count {jax.process_count()}")
+    local_batch = global_batch // jax.process_count()
+    total_steps, steps_per_epoch = _steps(config, task, global_batch)
+    warmup = optim.warmup_steps_from(config.optim, steps_per_epoch, total_steps)
+    tx, lr_fn = optim.make_optimizer(config.optim, global_batch, total_steps, warmup)
+
+    ##### State (born sharded), data, checkpoints; resume if possible #####
+    train_iter = task.train_data(config, seed=config.seed, batch_size=local_batch)
+    ckcfg = config.checkpoint
+    ckpt = checkpoints.Checkpointer(
+        workdir / "checkpoints", keep=ckcfg.get("keep", 3), keep_best=ckcfg.get("keep_best", 0),
+        best_metric=ckcfg.get("best_metric", None), best_mode=ckcfg.get("best_mode", "min"),
+        async_save=ckcfg.get("async_save", True))
+    writer = metrics_lib.JsonlWriter(workdir / "metrics.jsonl")
+    start = 0
+    if ckpt.latest_step() is not None:
+        target, state_sh = abstract_train_state(config, task, mesh, tx, rules)
+        train_state, start = ckpt.restore(target, data_iter=train_iter)
+        writer.truncate_after(start)  # drop records of steps that are about to be redone
+        if is_main:
+            print(f"resumed from {ckpt.directory}/{start}", flush=True)
+    else:
+        train_state, state_sh = create_train_state(config, task, mesh, tx, rules)
+    last_saved = start if start else None
+
+    ##### Compiled step (AOT: one compile, and its FLOP count for MFU) #####
+    if start >= total_steps:  # finished before: only (re-)export
+        _export(task, train_state, config, workdir)
+        ckpt.close()
+        return {"step": start, "stopped": "done", "metrics": {}}
+    frozen = place_frozen(task.load_frozen(config), mesh) if task.load_frozen else None
+    train_step = make_train_step(config, task, tx, lr_fn)
+    first_np = next(train_iter)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        first = sharding.host_batch_to_global(first_np, mesh)
+        step_fn = jax.jit(train_step, out_shardings=(state_sh, sharding.replicated(mesh)),
+                          donate_argnums=0).lower(train_state, first, frozen).compile()
+        eval_step = (jax.jit(lambda p, b, r, f: task.eval_fn(p, b, r, config, f))
+                     if task.eval_fn is not None and task.eval_data is not None else None)
+    flops = metrics_lib.compiled_flops(step_fn)
+    if task.flops_per_example is not None:  # the model's own count beats XLA's estimate
+        flops = task.flops_per_example(config) * global_batch / jax.device_count()
+    peak = config.get("peak_flops", None) or metrics_lib.peak_flops_per_device()
+    meter = metrics_lib.Throughput(global_batch, flops * jax.device_count() if flops else None,
+                                   jax.device_count(), peak)
+
+    sample_batch = None
+    if task.sample_fn is not None and task.eval_data is not None:
+        sample_batch = next(iter(task.eval_data(config, batch_size=local_batch)))
+        sample_batch = {k: v[: config.get("sample_batch_size", 4)] for k, v in
+                        sample_batch.items()}
+    (workdir / "samples").mkdir(exist_ok=True)
+
+    def every(n, step):
+        return bool(n) and step % n == 0
+
+    ##### Loop #####
+    bar = metrics_lib.progress_bar(total_steps, start, is_main and config.get("progress", True))
+    log_every = config.get("log_every_steps", 50)
+    pending = None  # (step, device metrics): read one step late so the device never waits
+    last = {}
+    stopped = "done"
+
+    def drain(pending_):
+        nonlocal last
+        step_, m = pending_
+        m = {k: float(v) for k, v in jax.device_get(m).items()}
+        _check_finite(step_, m, last_saved)
+        if every(log_every, step_) or step_ == total_steps:
+            m.update(meter.measure())
+            m["epoch"] = step_ / steps_per_epoch
+            writer.write(step_, m)
+            bar.set_postfix(metrics_lib.format_postfix(m))
+        last = m
+
+    with _Preemption() as preempt, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        batch_np = first_np
+        try:
+            for step in range(start + 1, total_steps + 1):
+                if batch_np is None:
+                    batch_np = next(train_iter)
+                batch = sharding.host_batch_to_global(batch_np, mesh)
+                train_state, m = step_fn(train_state, batch, frozen)
+                batch_np = None
+                meter.tick()
+                bar.update(1)
+                if pending is not None:
+                    drain(pending)
+                pending = (step, m)
+
+                stop = preempt.requested or (jax.process_count() > 1
+                                             and ckpt.manager.reached_preemption(step))
+                is_last = step == total_steps or stop
+                do_eval = eval_step is not None and (
+                    every(config.get("eval_every_steps", 0), step) or is_last)
+                do_sample = sample_batch is not None and (
+                    every(config.get("sample_every_steps", 0), step) or is_last)
+                do_save = every(ckcfg.get("every_steps", 1000), step) or is_last
+                if not (do_eval or do_sample or do_save):
+                    continue
+                drain(pending)  # never evaluate, sample or save a state of unchecked loss
+                pending = None
+                ev = {}
+                if do_eval:
+                    ev = _evaluate(task, eval_step, train_state, config, mesh, local_batch,
+                                   frozen)
+                    writer.write(step, ev)
+                    bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in ev.items()))
+                if do_sample:
+                    path = workdir / "samples" / f"step_{step:07d}.png"
+                    sm = task.sample_fn(train_state.params, sample_batch,
+                                        train_state.step_key(), config, path, frozen)
+                    if sm:
+                        writer.write(step, {f"sample/{k}": v for k, v in sm.items()})
+                if do_save:
+                    best = dict(last, **ev)
+                    ckpt.save(train_state, data_iter=train_iter, config=config, metrics=best)
+                    last_saved = step
+                if stop:
+                    stopped = "preempted"
+                    bar.write(f"SIGTERM: saved step {step}, exiting")
+                    break
+            if pending is not None:
+                drain(pending)
+            if stopped == "done":
+                ckpt.wait()
+                _export(task, train_state, config, workdir)
+        finally:
+            bar.close()
+            ckpt.close()  # waits for async writes of good states; nothing is saved after NaN
+            if hasattr(train_iter, "close"):
+                try:
+                    train_iter.close()
+                except Exception:  # noqa: BLE001 - closing a data iterator must not mask errors
+                    pass
+    return {"step": int(jax.device_get(train_state.step)), "stopped": stopped, "metrics": last}

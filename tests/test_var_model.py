@@ -1,0 +1,172 @@
+"""VAR-mode transformer: internal consistency (random weights, tiny shapes).
+
+- the KV-cached sampler's per-scale logits equal the teacher-forced forward on the same tokens,
+  with and without CFG;
+- the block-causal mask never lets a token see a finer scale (perturbation);
+- scan-over-layers (with and without remat) equals the unrolled stack; layouts convert;
+- mask builders, the VAR filter on candidates vs the full vocabulary.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from earthmapper_jax.errors import InputError
+from earthmapper_jax.models import masks
+from earthmapper_jax.models import var as var_lib
+from earthmapper_jax.models.blocks import stack_block_params, unstack_block_params
+from earthmapper_jax.models.loading import Model
+from earthmapper_jax.sampling import generate_class
+from earthmapper_jax.sampling.filtering import candidates, filter_top_k_top_p, scatter_candidates
+from earthmapper_jax.sampling.var_sampler import sample_var_tokens
+
+# A small VQ-VAE (one downsampling, 16 px) keeps compile times low; the quantizer, which is
+# all the transformer sees, has the tiny config's V, Cvae and scales.
+TOK_CFG = dict(ch=32, ch_mult=(1, 1), num_res_blocks=1, vocab_size=512, z_channels=8,
+               image_size=16, patch_nums=(1, 2, 3, 4, 6, 8))
+
+
+@pytest.fixture(scope="module")
+def model():
+    from earthmapper_jax import tokenizer as tok_lib
+
+    tok = tok_lib.Tokenizer.init(TOK_CFG, jax.random.key(0))
+    cfg = var_lib.var_config("tiny", attention="einsum", sample_attention="einsum")
+    params = var_lib.init_params(cfg, jax.random.key(1))
+    # VAR's init leaves the blocks near identity (gamma ~1e-5): perturb so every path matters
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.key(2), len(leaves))
+    leaves = [p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)]
+    return Model(cfg, jax.tree_util.tree_unflatten(tree, leaves), tok)
+
+
+def _sample(model, labels, cfg, top_k=1):
+    from earthmapper_jax.models.var_mode import tokenizer_parts
+
+    tok_module, tok_params = tokenizer_parts(model.tokenizer)
+    fn = jax.jit(lambda p, tp, lab, rng: sample_var_tokens(
+        model.module, tok_module, p, tp, lab, rng, cfg, 0.0, 1.0, top_k=top_k,
+        more_smooth=False, guided=cfg != 0, decode=False, return_logits=True))
+    return fn(model.params, tok_params, labels, jax.random.key(3))
+
+
+@pytest.mark.parametrize("cfg", [0.0, 3.0])
+def test_cached_sampler_equals_teacher_forcing(model, cfg):
+    labels = jnp.array([1, 4, 10], jnp.int32)
+    maps, _, logits = _sample(model, labels, cfg, top_k=5)
+    tf = model.logits(labels, maps)
+    K = len(model.config.patch_nums)
+    if cfg:
+        tf_u = model.logits(jnp.full_like(labels, model.config.num_classes), maps)
+    for si, (b, e) in enumerate(masks.scale_offsets(model.config.patch_nums)):
+        want = tf[:, b:e]
+        if cfg:
+            t = cfg * si / (K - 1)
+            want = (1 + t) * want - t * tf_u[:, b:e]
+        np.testing.assert_allclose(np.asarray(logits[si]), np.asarray(want), rtol=0, atol=2e-5,
+                                   err_msg=f"scale {si}")
+
+
+def test_generate_class_greedy_is_deterministic_and_decodes(model):
+    labels = np.array([2, 10])
+    m1, img1 = generate_class(model, labels, jax.random.key(0), cfg=2.0, top_k=1, top_p=0.0)
+    m2, img2 = generate_class(model, labels, jax.random.key(9), cfg=2.0, top_k=1, top_p=0.0)
+    for a, b, pn in zip(m1, m2, model.config.patch_nums):
+        assert a.shape == (2, pn, pn) and a.dtype == jnp.int32
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert img1.shape == (2, 16, 16, 3)
+    assert float(jnp.abs(img1).max()) <= 1.0
+    # the more_smooth path and top-p run (values are random; only shapes/ranges checked)
+    m3, img3 = generate_class(model, labels, jax.random.key(0), cfg=1.5, top_k=50, top_p=0.9,
+                              more_smooth=True)
+    assert img3.shape == img1.shape and all(int(m.max()) < 512 for m in m3)
+
+
+def test_bad_labels_and_settings(model):
+    with pytest.raises(InputError, match="class labels"):
+        generate_class(model, np.array([11]), jax.random.key(0))
+    with pytest.raises(InputError, match="top_p"):
+        generate_class(model, np.array([1]), jax.random.key(0), top_p=1.5)
+    with pytest.raises(InputError, match="token maps"):
+        model.logits(np.array([1]), [np.zeros((1, 1, 1), np.int32)])
+
+
+def test_mask_blocks_finer_scales(model):
+    """Changing the inputs of scale k changes no logit of a coarser scale (exactly)."""
+    c = model.config
+    L = sum(p * p for p in c.patch_nums)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, L - 1, c.cvae)), jnp.float32)
+    labels = jnp.array([3, 5])
+    base = np.asarray(var_lib.forward(model.module, model.params, labels, x))
+    offsets = masks.scale_offsets(c.patch_nums)
+    for k in (1, 3, len(c.patch_nums) - 1):
+        b, e = offsets[k]
+        x2 = x.at[:, b - 1 : e - 1].add(1.0)  # x has no first-scale position: shift by first_l
+        out = np.asarray(var_lib.forward(model.module, model.params, labels, x2))
+        assert np.array_equal(out[:, :b], base[:, :b]), f"scale {k} leaked into coarser scales"
+        assert np.abs(out[:, b:e] - base[:, b:e]).max() > 1e-4  # and it is seen at its own scale
+
+
+def test_scan_and_remat_equal_unrolled(model):
+    c = model.config
+    L = sum(p * p for p in c.patch_nums)
+    x = jax.random.normal(jax.random.key(5), (2, L - 1, c.cvae))
+    labels = jnp.array([0, 10])
+    ref = var_lib.forward(model.module, model.params, labels, x)
+    stacked = stack_block_params(model.params, c.depth)
+    assert stacked["blocks"]["layers"]["block"]["attn"]["mat_qkv"]["kernel"].shape[0] == c.depth
+    for remat in ("none", "full"):
+        m = var_lib.build(c, scan_layers=True, remat=remat)
+        out = var_lib.forward(m, stacked, labels, x)
+        np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=0, atol=1e-5)
+    back = unstack_block_params(stacked, c.depth)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, back, jax.tree_util.tree_map(np.asarray, model.params))
+    # the scanned model samples identically too
+    scanned = model.with_config(scan_layers=True)
+    a, _ = generate_class(model, np.array([4]), jax.random.key(0), cfg=1.0, top_k=1, decode=False)
+    b, _ = generate_class(scanned, np.array([4]), jax.random.key(0), cfg=1.0, top_k=1, decode=False)
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+
+
+def test_training_mode_runs_with_drop_path_and_label_dropout(model):
+    c = model.config
+    L = sum(p * p for p in c.patch_nums)
+    m = var_lib.build(c, drop_path_rate=0.5, cond_drop_rate=0.5, scan_layers=True, remat="dots")
+    stacked = stack_block_params(model.params, c.depth)
+    x = jnp.ones((4, L - 1, c.cvae))
+
+    def loss(p):
+        lg = m.apply({"params": p}, jnp.arange(4), x, False, rngs={"dropout": jax.random.key(0)})
+        return jnp.mean(lg ** 2)
+
+    g = jax.grad(loss)(stacked)
+    assert all(bool(jnp.isfinite(a).all()) for a in jax.tree_util.tree_leaves(g))
+
+
+def test_mask_builders():
+    ids = masks.scale_ids((1, 2))
+    assert ids.tolist() == [0, 1, 1, 1, 1]
+    m = masks.var_mask((1, 2))
+    assert m[0].tolist() == [True, False, False, False, False] and m[1:].all()
+    # joint layout: per scale a satellite (group 0) and a map (group 1) block
+    scale = np.array([0, 0, 1, 1, 1, 1, 1, 1, 1, 1])
+    group = np.array([0, 1, 0, 0, 0, 0, 1, 1, 1, 1])
+    sep = masks.block_causal_mask(scale, q_group=group, within_scale="group")
+    assert not sep[0, 1] and not sep[1, 0] and sep[2, :2].all() and not sep[2, 6:].any()
+    assert sep[6, 6:].all() and not sep[6, 2:6].any()
+    ordered = masks.block_causal_mask(scale, q_group=group, within_scale="ordered")
+    assert ordered[6, 2:6].all() and not ordered[2, 6:].any()
+    assert not masks.block_causal_mask(scale, within_scale="all")[0, 2]
+
+
+def test_candidate_filter_equals_full_vocab_filter():
+    rng = np.random.default_rng(1)
+    logits = jnp.asarray(np.round(rng.normal(size=(4, 7, 300)) * 20) / 4, jnp.float32)  # ties
+    for k, p in ((0, 0.7), (1, 0.0), (10, 0.0), (50, 0.9), (299, 0.96)):
+        full = filter_top_k_top_p(logits, k, p)
+        v, i = candidates(logits, k, p)
+        np.testing.assert_array_equal(np.isinf(np.asarray(scatter_candidates(v, i, 300))),
+                                      np.isinf(np.asarray(full)), err_msg=f"k={k} p={p}")
