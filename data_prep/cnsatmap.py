@@ -23,6 +23,7 @@ import os
 from data_prep import common, pairing
 from data_prep.coords import CoordResolver, find_sidecar
 from data_prep.splits import assign
+from earthmapper_jax.errors import InputError
 
 
 def list_tasks(root, *, coords: str = "auto", sidecar: str | None = None, name_pattern: str | None = None,
@@ -70,6 +71,10 @@ def main(args):
     tasks, skips = list_tasks(args.root, coords=args.coords, sidecar=args.sidecar, name_pattern=args.name_pattern,
                               xyz_pattern=args.xyz_pattern, sat_names=_names(args.sat_names),
                               map_names=_names(args.map_names))
+    if not tasks:
+        reasons = sorted({r for r, _, _ in skips})
+        raise InputError(f"{args.root}: no satellite/map pairs found ({len(skips)} image(s) skipped: "
+                         f"{', '.join(reasons) or 'no images'}); see docs/data.md for the layouts")
     splits = assign(tasks, **common.split_kwargs(args))
     common.run_tasks(args, splits, "cnsatmap", skips)
     return 0

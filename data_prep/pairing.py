@@ -39,8 +39,8 @@ def modality_key(rel: str, sat_names=SAT_NAMES, map_names=MAP_NAMES) -> tuple[st
     file-name prefix/suffix (`sat_0001.png`, `0001_map.png`); None when neither says."""
     parts = rel.split("/")
     sat_l, map_l = {n.lower() for n in sat_names}, {n.lower() for n in map_names}
-    for i, part in enumerate(parts[:-1]):
-        low = part.lower()
+    for i in reversed(range(len(parts) - 1)):  # innermost wins: images/sat/x, images/map/x
+        low = parts[i].lower()
         if low in sat_l or low in map_l:
             key = "/".join(parts[:i] + parts[i + 1:])
             return ("sat" if low in sat_l else "map"), _strip_ext(key)

@@ -9,7 +9,6 @@ import math
 import os
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from data_prep import cnsatmap, common, folders, geotiff, pix2pix_maps, xyz
@@ -269,3 +268,15 @@ def test_parallel_conversion_writes_identical_shards(tmp_path):
     assert a["written"] == b["written"]
     sha = lambda d: [s["sha256"] for s in read_manifest(d, "train")["shards"]]  # noqa: E731
     assert sha(tmp_path / "a") == sha(tmp_path / "b")
+
+
+def test_generic_side_by_side_map_left(tmp_path):
+    root = tmp_path / "sbs"
+    p = _pair(4)
+    _save(root / "a" / "x1.png", np.concatenate([p.map, p.satellite], axis=1))
+    tasks, _ = folders.list_tasks(root, "a/*.png", side_by_side="map_left")
+    data, source = common.load_pair(tasks[0], common.LoadOptions(image_size=None))
+    rec = example.parse(data)
+    assert rec.tile_id == "a/x1" and source == "none"
+    np.testing.assert_array_equal(example.decode_image(rec.satellite), p.satellite)
+    np.testing.assert_array_equal(example.decode_image(rec.map), p.map)

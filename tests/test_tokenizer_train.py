@@ -65,7 +65,8 @@ def test_adam_steps_reduce_reconstruction_error():
 def test_vq_loss_gradients_reach_encoder_codebook_and_phi():
     config = _config(l2_weight=0.0, vq_weight=1.0)
     params = losses.init_params(config, jax.random.key(1))
-    g = jax.grad(lambda p: losses.loss_fn(p, {"image": jnp.asarray(_images(2))}, None, config)[0])(params)
+    x = jnp.asarray(_images(2))
+    g = jax.jit(jax.grad(lambda p: losses.loss_fn(p, {"image": x}, None, config)[0]))(params)
     gq = g["vae"]["quantize"]
     assert float(jnp.abs(gq["codebook"]).sum()) > 0
     assert float(jnp.abs(gq["phi_0"]["conv"]["kernel"]).sum()) > 0

@@ -105,13 +105,16 @@ class PairedAugment:
         hflip = a.hflip and rng.random() < 0.5
         vflip = a.vflip and rng.random() < 0.5
         k = int(rng.integers(4)) if a.rot90 else 0
+        box = (x0, y0, x0 + side, y0 + side)
         for key in ("satellite", "map"):
-            img = _resize(el[key][y0:y0 + side, x0:x0 + side], size)
+            img = el[key]
+            if side != size or (side, side) != (h, w):
+                img = np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BICUBIC, box=box))
             if hflip:
                 img = img[:, ::-1]
             if vflip:
                 img = img[::-1]
             if k:
                 img = np.rot90(img, k)
-            el[key] = _normalise(np.ascontiguousarray(img))
+            el[key] = _normalise(img)  # astype copies the flipped/rotated view contiguously
         return el

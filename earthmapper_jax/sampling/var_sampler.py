@@ -49,12 +49,19 @@ from earthmapper_jax.sampling.filtering import (
 )
 
 
+def fast_key(rng):
+    """An 'rbg' key derived from any key: rbg's split/bits are a few ops, threefry's a large
+    unrolled hash (seconds of XLA compile per call site on CPU, slower bits on accelerators)."""
+    return jax.random.wrap_key_data(jax.random.bits(rng, (4,), jnp.uint32), impl="rbg")
+
+
 def sample_var_tokens(module, tok_module, params, tok_params, labels, rng, cfg, top_p, temperature,
                       *, top_k: int, more_smooth: bool, guided: bool, decode: bool,
                       return_logits: bool = False):
     """The traced sampling program (see module doc)."""
     VAR = var_lib.VAR
     p, tp = {"params": params}, {"params": tok_params}
+    rng = fast_key(rng)
     B = labels.shape[0]
     K = len(module.patch_nums)
     offsets = scale_offsets(module.patch_nums)

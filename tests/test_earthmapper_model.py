@@ -1,0 +1,284 @@
+"""EarthMapper (GJSA) model and sampler: internal consistency on tiny random shapes.
+
+- the joint mask never lets a token see a finer scale (mask check and input perturbation);
+  "group" keeps the two halves of a scale apart;
+- the KV-cached sampler's guided logits per scale equal the teacher-forced forward on the
+  sampled tokens combined with the same guidance (joint generation with Complexity Guidance;
+  sat->map with all three CFG terms); condition tokens are exactly the real ones;
+- in-painting keeps the known region's tokens; init from a VAR directory; loading; the
+  training loss; bad input (one clear line each); the translate CLI.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from earthmapper_jax.errors import CheckpointError, InputError
+from earthmapper_jax.io.checkpoint import save_params
+from earthmapper_jax.models import earthmapper as em
+from earthmapper_jax.models.loading import Model
+from earthmapper_jax.sampling import guidance as G
+from earthmapper_jax.sampling import earthmapper_sampler as S
+
+# A small, fast-compiling tokenizer (48 px, 6×6 latent, 5 scales); values are random anyway.
+TOK_CFG = dict(ch=32, vocab_size=512, z_channels=8, image_size=48, ch_mult=(1, 2, 2, 4), num_res_blocks=1,
+               using_sa=False, using_mid_sa=False, patch_nums=(1, 2, 3, 4, 6))
+S_PX = TOK_CFG["image_size"]
+PN = TOK_CFG["patch_nums"]
+LH = sum(p * p for p in PN)
+
+
+def _perturb(params, seed, scale=0.05):
+    # VAR's init leaves blocks near identity (gamma ~1e-5) and modality embeddings at 0
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return jax.tree_util.tree_unflatten(tree, [p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    from earthmapper_jax import tokenizer as tok_lib
+
+    t = tok_lib.Tokenizer.init(TOK_CFG, jax.random.key(0))
+    d = tmp_path_factory.mktemp("tok") / "tokenizer"
+    t.save(d)
+    t.directory = d
+    return t
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    mc = em.model_config("tiny", attention="einsum", sample_attention="einsum", patch_nums=PN)
+    return Model(mc, _perturb(em.init_params(mc, jax.random.key(1)), 2), tok)
+
+
+def _tokens(seed, B=2):
+    return jnp.asarray(np.random.default_rng(seed).integers(0, TOK_CFG["vocab_size"], (B, LH)), jnp.int32)
+
+
+def _tf(model, flat):
+    from earthmapper_jax.tokenizer.model import VQVAE
+
+    return model.tokenizer.model.apply({"params": model.tokenizer.params}, em.split_tokens(flat, PN),
+                                       method=VQVAE.teacher_forcing_inputs)
+
+
+# ----------------------------------------------------------------------------- masks
+
+
+@pytest.mark.parametrize("within", ["group", "all"])
+def test_mask_never_sees_finer_scale(model, within):
+    lay = em.joint_layout(PN)
+    m = em.joint_mask(PN, within)
+    assert not (m & (lay["scale"][None, :] > lay["scale"][:, None])).any()
+    same = lay["scale"][:, None] == lay["scale"][None, :]
+    other = lay["modality"][:, None] != lay["modality"][None, :]
+    assert (m[same & other].any()) == (within == "all")
+
+    module = em.build(model.config, within_scale=within)
+    rng = np.random.default_rng(0)
+    tf_sat, tf_map = (jnp.asarray(rng.normal(size=(2, LH - 1, 8)), jnp.float32) for _ in range(2))
+    coords = jnp.array([[10.0, 20.0], [np.nan, np.nan]])
+    fwd = jax.jit(lambda a, b: module.apply({"params": model.params}, coords, a, b)[0])
+    base = np.asarray(fwd(tf_sat, tf_map))
+    for k in (1, 3, len(PN) - 1):
+        hb = sum(p * p for p in PN[:k])
+        n = PN[k] ** 2
+        jb = lay["begins"][k]
+        out = np.asarray(fwd(tf_sat.at[:, hb - 1 : hb - 1 + n].add(1.0), tf_map))  # sat inputs of scale k
+        assert np.array_equal(out[:, :jb], base[:, :jb]), f"scale {k} leaked into coarser scales"
+        assert np.abs(out[:, jb : jb + n] - base[:, jb : jb + n]).max() > 1e-4
+        map_k_changed = np.abs(out[:, jb + n : jb + 2 * n] - base[:, jb + n : jb + 2 * n]).max() > 1e-6
+        assert map_k_changed == (within == "all"), "within-scale visibility between the halves"
+
+
+# ----------------------------------------------------------------------------- sampler
+
+
+def _run(model, coords, known, keep, roles, weights, complexity, branches, top_k=20):
+    from earthmapper_jax.models.var_mode import tokenizer_parts
+
+    tok_module, tok_params = tokenizer_parts(model.tokenizer)
+    spec = S.Spec(roles=roles, branches=branches, top_k=top_k, complexity=complexity, kpf=False,
+                  decode=False, return_logits=True)
+    knobs = dict(weights=jnp.asarray(weights, jnp.float32), gamma=jnp.float32(1.0),
+                 alpha_power=jnp.float32(1.0), beta_min=jnp.float32(0.5), tau=jnp.float32(2.0),
+                 top_p=jnp.float32(0.0), temperature=jnp.float32(1.0))
+    fn = jax.jit(lambda p, tp, c, kn, kp, r: S.sample_joint(model.module, tok_module, p, tp, c, kn, kp, r,
+                                                          knobs, spec=spec))
+    return fn(model.params, tok_params, coords, known, keep, jax.random.key(7))
+
+
+def _scale_slice(out_flat_half, si):
+    b = sum(p * p for p in PN[:si])
+    return out_flat_half[:, b : b + PN[si] ** 2]
+
+
+def test_cached_joint_generation_equals_teacher_forcing_with_complexity(model):
+    coords = jnp.array([[30.0, 120.0], [-12.5, 44.0]])
+    zero, no = jnp.zeros((2, LH), jnp.int32), jnp.zeros((2, LH), bool)
+    out = _run(model, coords, (zero, zero), (no, no), ("free", "free"), (0.0, 0.0, 2.0), True, ("full", "uncond"))
+    sat, mp = (em.flatten_tokens(t) for t in out["tokens"])
+    tf_sat, tf_map = _tf(model, sat), _tf(model, mp)
+    f = model.module.apply({"params": model.params}, coords, tf_sat, tf_map)[0]
+    u = model.module.apply({"params": model.params}, jnp.full_like(coords, np.nan), tf_sat, tf_map)[0]
+    (f_sat, f_map), (u_sat, u_map) = em.from_joint(f, PN), em.from_joint(u, PN)
+    for si in range(len(PN)):
+        for m, (fh, uh) in enumerate(((f_sat, u_sat), (f_map, u_map))):
+            F, U = _scale_slice(fh, si), _scale_slice(uh, si)
+            s = G.complexity_strength(G.ramp(si, len(PN)), G.complexity(F), gamma=1.0, beta_min=0.5)
+            want = G.multi_term_cfg(F, (0.0, 0.0, 2.0), s, uncond=U)
+            np.testing.assert_allclose(np.asarray(out["logits"][si][m]), np.asarray(want), rtol=0, atol=3e-5,
+                                       err_msg=f"scale {si} modality {m}")
+
+
+def test_cached_translation_equals_teacher_forcing_all_terms(model):
+    coords = jnp.array([[30.0, 120.0], [1.0, 2.0]])
+    sat_real = _tokens(3)
+    zero = jnp.zeros((2, LH), jnp.int32)
+    out = _run(model, coords, (sat_real, zero), (jnp.ones((2, LH), bool), jnp.zeros((2, LH), bool)),
+               ("cond", "free"), (1.0, 2.0, 0.5), False, ("full", "nogeo", "nocond", "uncond"))
+    sat_out, mp = (em.flatten_tokens(t) for t in out["tokens"])
+    np.testing.assert_array_equal(np.asarray(sat_out), np.asarray(sat_real))  # condition kept exactly
+    tf_sat, tf_map = _tf(model, sat_real), _tf(model, mp)
+    nan = jnp.full_like(coords, np.nan)
+    yes = jnp.ones((2,), bool)
+
+    def map_half(c, null_sat=None):
+        lg = model.module.apply({"params": model.params}, c, tf_sat, tf_map, null_sat=null_sat)[0]
+        return em.from_joint(lg, PN)[1]
+
+    F, A, Bc, U = map_half(coords), map_half(nan), map_half(coords, yes), map_half(nan, yes)
+    for si in range(len(PN)):
+        sl = lambda x: _scale_slice(x, si)  # noqa: E731
+        want = G.multi_term_cfg(sl(F), (1.0, 2.0, 0.5), G.ramp(si, len(PN)),
+                                nogeo=sl(A), nocond=sl(Bc), uncond=sl(U))
+        np.testing.assert_allclose(np.asarray(out["logits"][si][em.MAP]), np.asarray(want), rtol=0,
+                                   atol=3e-5, err_msg=f"scale {si}")
+
+
+def test_inpainting_keeps_known_tokens(model, tok):
+    images = np.random.default_rng(1).uniform(-1, 1, (2, S_PX, S_PX, 3)).astype(np.float32)
+    known = em.flatten_tokens(tok.encode(images))
+    mask = S.box_mask(S_PX, (0.25, 0.25, 0.75, 0.75))
+    maps, imgs = S.inpaint(model, images, mask, "map", jax.random.key(0), top_k=5, decode=False)
+    assert imgs is None
+    keep = np.concatenate([k.reshape(2, -1) for k in S.scale_masks(
+        np.broadcast_to((~S.box_mask(PN[-1], (0.25, 0.25, 0.75, 0.75))).astype(float), (2, PN[-1], PN[-1])), PN)], 1)
+    got = np.asarray(em.flatten_tokens(maps))
+    np.testing.assert_array_equal(got[keep], np.asarray(known)[keep])
+    assert 0 < (~keep).sum() and (got[~keep] != np.asarray(known)[~keep]).any()
+
+
+def test_translate_api_greedy_deterministic(model):
+    images = np.random.default_rng(2).uniform(-1, 1, (2, S_PX, S_PX, 3)).astype(np.float32)
+    kw = dict(coords=[[30.0, 120.0], [31.0, 121.0]], top_k=1, top_p=0.0, decode=False, kpf_tau=0.9)
+    a, _ = S.translate(model, images, "sat2map", jax.random.key(0), **kw)
+    b, _ = S.translate(model, images, "sat2map", jax.random.key(5), **kw)
+    assert [x.shape for x in a] == [(2, p, p) for p in PN]
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+# ----------------------------------------------------------------------------- training / init / loading
+
+
+def test_loss_and_var_init(model, tok, tmp_path):
+    from earthmapper_jax.models import var as var_lib
+
+    vc = var_lib.var_config("tiny", patch_nums=PN)
+    vp = _perturb(var_lib.init_params(vc, jax.random.key(3)), 4)
+    save_params(tmp_path / "var", vp, vc, kind="var")
+    mc = em.model_config("tiny", attention="einsum", tokenizer_dir=str(tok.directory), patch_nums=PN)
+    params = em.init_params({"model": mc}, jax.random.key(5), var_init_dir=tmp_path / "var")
+    for key in ("blocks", "head", "head_nm", "pos_1LC", "lvl_embed", "word_embed", "pos_start"):
+        jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params[key], vp[key])
+    np.testing.assert_array_equal(params["geo"]["null"], vp["class_emb"]["embedding"][-1])
+    assert not np.asarray(params["modality_embed"]).any()
+
+    batch = {"sat_tokens": _tokens(1), "map_tokens": _tokens(2), "coords": jnp.array([[1.0, 2.0], [np.nan, np.nan]]),
+             "sat_sem": jnp.ones((2, 4, 4, 32)), "map_sem": jnp.zeros((2, 4, 4, 32))}
+    frozen = {"tokenizer": tok.params, "dinov2": None}
+    loss, metrics = jax.jit(lambda p, b, r: em.loss_fn(p, b, r, {"model": mc}, frozen))(params, batch, jax.random.key(0))
+    assert np.isfinite(float(loss)) and float(metrics["si_loss"]) > 0
+    assert {"ce_sat", "ce_map", "acc_sat", "acc_map", f"ce_scale_{len(PN) - 1}", "acc_scale_0"} <= set(metrics)
+    np.testing.assert_allclose(float(loss), float(metrics["ce"]) + 0.5 * float(metrics["si_loss"]), rtol=1e-5)
+
+
+def test_load_logits_and_tokenizer_mismatch(model, tok, tmp_path):
+    import earthmapper_jax
+
+    d = save_params(tmp_path / "em", model.params, model.config, kind="earthmapper",
+                    meta={"tokenizer": str(tok.directory)})
+    loaded = earthmapper_jax.load(d)
+    assert loaded.mode == "earthmapper"
+    sat, mp = em.split_tokens(_tokens(4), PN), em.split_tokens(_tokens(5), PN)
+    lg = loaded.logits([[10.0, 20.0], [np.nan, np.nan]], (sat, mp))
+    assert lg.shape == (2, 2 * LH, TOK_CFG["vocab_size"])
+    with pytest.raises(InputError, match="out of range"):
+        loaded.logits([[100.0, 20.0], [0.0, 0.0]], (sat, mp))
+    # a checkpoint whose tokenizer does not match
+    other = dict(model.config.to_dict(), vocab_size=1024)
+    d2 = save_params(tmp_path / "em2", model.params, other, kind="earthmapper", meta={"tokenizer": str(tok.directory)})
+    with pytest.raises(CheckpointError, match="does not belong") as e:
+        earthmapper_jax.load(d2)
+    assert "\n" not in str(e.value)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "kwargs, msg",
+    [
+        (dict(direction="sat2sat"), "unknown direction"),
+        (dict(coords=[[95.0, 0.0], [0.0, 0.0]]), "out of range"),
+        (dict(coords=[[np.nan, 0.0], [0.0, 0.0]]), "half NaN"),
+        (dict(images=np.zeros((2, 32, 32, 3), np.float32)), "does not match the tokenizer"),
+        (dict(images=np.full((2, S_PX, S_PX, 3), 3.0, np.float32)), "expected \\[-1, 1\\]"),
+        (dict(guidance=(1, 2)), "triple"),
+        (dict(top_p=2.0), "top_p"),
+    ],
+)
+def test_bad_input_one_line(model, kwargs, msg):
+    args = dict(images=np.zeros((2, S_PX, S_PX, 3), np.float32), direction="sat2map", coords=None)
+    args.update(kwargs)
+    images, direction, coords = args.pop("images"), args.pop("direction"), args.pop("coords")
+    with pytest.raises(InputError, match=msg) as e:
+        S.translate(model, images, direction, jax.random.key(0), coords=coords, decode=False, **args)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_mask_and_modality(model):
+    images = np.zeros((1, S_PX, S_PX, 3), np.float32)
+    with pytest.raises(InputError, match="mask has shape"):
+        S.inpaint(model, images, np.zeros((5, 5), bool), "map", jax.random.key(0), decode=False)
+    with pytest.raises(InputError, match="unknown modality"):
+        S.inpaint(model, images, np.zeros((S_PX, S_PX), bool), "road", jax.random.key(0))
+
+
+def test_translate_cli(model, tok, tmp_path, capsys):
+    from PIL import Image
+
+    from earthmapper_jax.cli import main
+
+    d = save_params(tmp_path / "em", model.params, model.config, kind="earthmapper",
+                    meta={"tokenizer": str(tok.directory)})
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c"):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(src / f"{name}.png")
+    out = tmp_path / "out"
+    rc = main(["translate", "--checkpoint", str(d), "--direction", "map2sat", str(src), "--out", str(out),
+               "--batch-size", "2", "--top-k", "1", "--guidance", "0,0,0", "--coords", "30,120"])
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a_sat.png", "b_sat.png", "c_sat.png"]
+    assert Image.open(out / "a_sat.png").size == (S_PX, S_PX)
+    Image.fromarray(np.zeros((64, 32, 3), np.uint8)).save(src / "bad.png")
+    rc = main(["translate", "--checkpoint", str(d), "--direction", "map2sat", str(src / "bad.png"), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and err[-1].endswith("expected a square tile")
+    rc = main(["translate", "--checkpoint", str(d), "--direction", "up", str(src), "--out", str(out)])
+    assert rc == 1 and "unknown direction" in capsys.readouterr().err
