@@ -5,8 +5,10 @@
     get_config("512")   the same VAE with VAR's 512 px scales 1,2,3,4,6,9,13,18,24,32
     get_config("tiny")  CPU-sized (ch 32, ch_mult 1,1,2,2, z 8, V 512, 64 px, scales 1,2,3,4,6,8)
 
-Run:
-    python -m earthmapper_jax.main --config configs/tokenizer_var.py:tiny --workdir /tmp/tok
+Run (the tiny one on the synthetic city, a few minutes on a CPU):
+    earthmapper prepare synthetic --n 512 --size 64 --out /tmp/syn64
+    python -m earthmapper_jax.main --config configs/tokenizer_var.py:tiny --workdir /tmp/tok \
+        --config.data.dir=/tmp/syn64
     python -m earthmapper_jax.main --config configs/tokenizer_var.py:256 --workdir /tmp/tok256 \
         --config.data.dir=/data/cnsatmap_tfrecords --config.loss.l1_weight=1.0
 
@@ -37,6 +39,9 @@ def get_config(arg=None):
     # model_config checks the settings (e.g. last patch_num == image_size / 2^(levels-1)).
     config.model = ml_collections.ConfigDict(model_config(_MODELS[arg]))
     config.loss = default_loss_config()
+    # Dead-code restarts (train/task_adapters.py): codes unused for restart_max_age steps take
+    # random encoder outputs, checked every restart_every steps; 0 = off.
+    config.codebook = ml_collections.ConfigDict(dict(restart_max_age=0, restart_every=100))
     add_training_fields(config)
     config.data.image_size = config.model.image_size
     # VQGAN-style optimiser for autoencoders: Adam(0.5, 0.9), no weight decay.
@@ -55,6 +60,8 @@ def get_config(arg=None):
         config.log_every_steps = 10
         config.eval_every_steps = 100
         config.eval_batches = 2
+        config.codebook.restart_max_age = 50
+        config.codebook.restart_every = 25
     else:
         config.batch_size = 64
         config.total_steps = 400_000

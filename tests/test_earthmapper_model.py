@@ -160,15 +160,17 @@ def test_cached_translation_equals_teacher_forcing_all_terms(model):
 
 def test_inpainting_keeps_known_tokens(model, tok):
     images = np.random.default_rng(1).uniform(-1, 1, (2, S_PX, S_PX, 3)).astype(np.float32)
-    known = em.flatten_tokens(tok.encode(images))
-    mask = S.box_mask(S_PX, (0.25, 0.25, 0.75, 0.75))
+    known = np.asarray(em.flatten_tokens(tok.encode(images)))
+    mask = np.zeros((2, PN[-1], PN[-1]), bool)  # on the last token grid: True = generate
+    mask[:, 2:5, 1:4] = True
     maps, imgs = S.inpaint(model, images, mask, "map", jax.random.key(0), top_k=5, decode=False)
     assert imgs is None
-    keep = np.concatenate([k.reshape(2, -1) for k in S.scale_masks(
-        np.broadcast_to((~S.box_mask(PN[-1], (0.25, 0.25, 0.75, 0.75))).astype(float), (2, PN[-1], PN[-1])), PN)], 1)
+    keep_scales = S.scale_masks((~mask).astype(float), PN)
+    np.testing.assert_array_equal(keep_scales[-1], ~mask)  # the last scale keeps exactly ~mask
+    keep = np.concatenate([k.reshape(2, -1) for k in keep_scales], 1)
     got = np.asarray(em.flatten_tokens(maps))
-    np.testing.assert_array_equal(got[keep], np.asarray(known)[keep])
-    assert 0 < (~keep).sum() and (got[~keep] != np.asarray(known)[~keep]).any()
+    np.testing.assert_array_equal(got[keep], known[keep])
+    assert (got[~keep] != known[~keep]).any()  # the masked region is generated
 
 
 def test_translate_api_greedy_deterministic(model):

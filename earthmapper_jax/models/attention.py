@@ -4,7 +4,8 @@ Public API (stable; the EarthMapper joint model reuses it):
 
     SelfAttention(num_heads, attn_l2_norm=True, dtype=jnp.float32, implementation=None,
                   init_std=0.02, proj_init_scale=1.0)
-        __call__(x (B, Lq, C), mask=None, cache=None, cache_offset=None) -> (y (B, Lq, C), cache)
+        __call__(x (B, Lq, C), mask=None, cache=None, cache_offset=None, cache_layer=None)
+            -> (y (B, Lq, C), cache)
 
       Parameters (VAR's names, fp32): mat_qkv/kernel (C, 3C) with columns [q | k | v], each
       head-major (H, D); q_bias (C,); v_bias (C,) (the key bias is fixed at zero); scale_mul (H,)
@@ -24,7 +25,9 @@ Public API (stable; the EarthMapper joint model reuses it):
       at `cache_offset` with lax.dynamic_update_slice and the queries attend to positions
       [0, cache_offset + Lq). A static (Python int) offset slices the cache statically (no mask
       needed, fewer keys); a traced offset masks keys with arange(L) < offset + Lq.
-      The updated cache is returned; with cache=None the second result is None.
+      With cache_layer (an int, may be traced) the cache is the whole stack's (depth, B, L, H, D)
+      and row cache_layer is this layer's (scan over layers carries one buffer, updated in
+      place). The updated cache is returned; with cache=None the second result is None.
 
     init_cache(batch, length, num_heads, head_dim, dtype) -> (k, v) zeros.
     var_trunc_normal(std): PyTorch `trunc_normal_(std=std)` semantics (truncated at absolute
@@ -77,6 +80,36 @@ def _l2_normalize(x, eps=1e-12):
     return x / jnp.maximum(norm, eps)
 
 
+def _use_cache(cache, offset, layer, k, v, mask):
+    """Writes this step's k/v into the cache; returns the keys/values/mask to attend over and
+    the updated cache. Written with dynamic_update_slice on the whole buffer so XLA updates it
+    in place (no copy of the cache per layer and scale)."""
+    k_cache, v_cache = cache
+    start = 0 if offset is None else offset
+    Lq = k.shape[1]
+    if layer is None:  # (B, L, H, D)
+        L = k_cache.shape[1]
+        k_cache = lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, start, 0, 0))
+        v_cache = lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, start, 0, 0))
+        k_all, v_all = k_cache, v_cache
+    else:  # stacked (depth, B, L, H, D), this layer's row selected by a (traced) index
+        L = k_cache.shape[2]
+        idx = (layer, 0, start, 0, 0)
+        k_cache = lax.dynamic_update_slice(k_cache, k[None].astype(k_cache.dtype), idx)
+        v_cache = lax.dynamic_update_slice(v_cache, v[None].astype(v_cache.dtype), idx)
+        k_all = lax.dynamic_index_in_dim(k_cache, layer, keepdims=False)
+        v_all = lax.dynamic_index_in_dim(v_cache, layer, keepdims=False)
+    if isinstance(start, int):
+        end = start + Lq
+        k_all, v_all = k_all[:, :end], v_all[:, :end]
+        if mask is not None:
+            mask = jnp.asarray(mask)[..., :end]
+    else:
+        key_ok = (jnp.arange(L) < start + Lq)[None, None, None, :]
+        mask = key_ok if mask is None else jnp.logical_and(mask, key_ok)
+    return k_all, v_all, mask, (k_cache, v_cache)
+
+
 def attend(q, k, v, *, mask=None, scale: float = 1.0, implementation=None):
     """softmax(scale * q k^T, masked) v with q (B, Lq, H, D), k/v (B, Lk, H, D) -> (B, Lq, H, D)."""
     if implementation not in IMPLEMENTATIONS:
@@ -111,7 +144,7 @@ class SelfAttention(nn.Module):
     proj_init_scale: float = 1.0
 
     @nn.compact
-    def __call__(self, x, mask=None, cache=None, cache_offset=None):
+    def __call__(self, x, mask=None, cache=None, cache_offset=None, cache_layer=None):
         B, Lq, C = x.shape
         H = self.num_heads
         D = C // H
@@ -139,22 +172,7 @@ class SelfAttention(nn.Module):
 
         new_cache = None
         if cache is not None:
-            k_cache, v_cache = cache
-            L = k_cache.shape[1]
-            start = 0 if cache_offset is None else cache_offset
-            k_cache = lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, start, 0, 0))
-            v_cache = lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, start, 0, 0))
-            new_cache = (k_cache, v_cache)
-            if isinstance(start, int):
-                end = start + Lq
-                k, v = k_cache[:, :end], v_cache[:, :end]
-                if mask is not None:
-                    mask = jnp.asarray(mask)[..., :end]
-            else:
-                k, v = k_cache, v_cache
-                key_ok = jnp.arange(L) < start + Lq
-                key_ok = key_ok[None, None, None, :]
-                mask = key_ok if mask is None else jnp.logical_and(mask, key_ok)
+            k, v, mask, new_cache = _use_cache(cache, cache_offset, cache_layer, k, v, mask)
             k, v = k.astype(self.dtype), v.astype(self.dtype)
 
         out = attend(q, k, v, mask=mask, scale=scale, implementation=self.implementation)

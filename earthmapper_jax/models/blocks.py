@@ -28,14 +28,16 @@ Public API (stable; the EarthMapper joint model reuses it):
       scan_layers=True : one nn.scan; parameters under layers/block/..., each with a leading
                          depth axis (convert with `stack_block_params` / `unstack_block_params`).
       remat: "none" | "full" | "dots" | "dots_no_batch" (jax.checkpoint policy of each block).
-      caches: (k, v), each (depth, B, L, H, D) (see `init_caches`); returned updated.
+      caches: see `init_caches(..., stacked=scan_layers)`: a tuple of per-layer (k, v) pairs
+      (B, L, H, D) when unrolled, one (k, v) pair (depth, B, L, H, D) when scanned; returned
+      updated (in place inside a jit: every write is a dynamic_update_slice).
       capture_layer: i -> `captured` is the hidden state after block i (B, L, C) (Semantic
       Infusion taps it); None -> captured is None.
 
     AdaLNBeforeHead(init_std, init_adaln)(x, cond (B, D)) -> LN(x) * (1 + scale) + shift, fp32;
       parameters ada_lin/{kernel (D, 2C), bias}, columns [scale | shift].
 
-    init_caches(depth, batch, length, num_heads, head_dim, dtype) -> (k, v)
+    init_caches(depth, batch, length, num_heads, head_dim, dtype, stacked=False)
     LogitsHead(features, dtype)(x) -> fp32 logits: Linear(C, V) whose matmul runs in `dtype`
       with fp32 accumulation and output; parameters kernel (C, V), bias (V,).
 
@@ -137,7 +139,7 @@ class AdaLNSelfAttn(nn.Module):
 
     @nn.compact
     def __call__(self, x, cond, mask=None, cache=None, cache_offset=None, drop_rate=0.0,
-                 deterministic=True):
+                 deterministic=True, cache_layer=None):
         C = x.shape[-1]
         out_scale = 1.0 / np.sqrt(2 * self.depth)
         if self.shared_aln:
@@ -159,7 +161,8 @@ class AdaLNSelfAttn(nn.Module):
             self.num_heads, attn_l2_norm=self.attn_l2_norm, dtype=self.dtype,
             implementation=self.implementation, init_std=self.init_std,
             proj_init_scale=out_scale, name="attn",
-        )(h.astype(self.dtype), mask=mask, cache=cache, cache_offset=cache_offset)
+        )(h.astype(self.dtype), mask=mask, cache=cache, cache_offset=cache_offset,
+          cache_layer=cache_layer)
         rng = None if deterministic else self.make_rng("dropout")
         r1 = r2 = None
         if rng is not None:
@@ -174,7 +177,8 @@ class AdaLNSelfAttn(nn.Module):
 
 
 class _ScanBody(nn.Module):
-    """Scan adaptor: carry (x, captured), broadcast (cond, mask), per-layer (idx, rate, cache)."""
+    """Scan adaptor: carry (x, captured, caches), broadcast (cond, mask), per-layer (idx, rate).
+    The stacked caches ride in the carry so each layer updates its row in place."""
 
     block_kwargs: Any
     cache_offset: Any = None
@@ -184,14 +188,15 @@ class _ScanBody(nn.Module):
 
     @nn.compact
     def __call__(self, carry, cond, mask, layer):
-        x, captured = carry
+        x, captured, caches = carry
         block_cls = _maybe_remat(AdaLNSelfAttn, self.remat, in_scan=True)
-        x, cache = block_cls(**dict(self.block_kwargs), name="block")(
-            x, cond, mask, layer["cache"], self.cache_offset, layer["rate"], self.deterministic
+        x, caches = block_cls(**dict(self.block_kwargs), name="block")(
+            x, cond, mask, caches, self.cache_offset, layer["rate"], self.deterministic,
+            None if caches is None else layer["idx"],
         )
         if self.capture_layer is not None:
             captured = jnp.where(layer["idx"] == self.capture_layer, x, captured)
-        return (x, captured), cache
+        return (x, captured, caches), None
 
 
 def _remat_policy(name: str):
@@ -207,7 +212,7 @@ def _remat_policy(name: str):
 def _maybe_remat(cls, remat: str, in_scan: bool):
     if remat == "none":
         return cls
-    # args: self, x, cond, mask, cache, cache_offset, drop_rate, deterministic
+    # args: self, x, cond, mask, cache, cache_offset, drop_rate, deterministic, cache_layer
     return nn.remat(
         cls, policy=_remat_policy(remat), prevent_cse=not in_scan, static_argnums=(5, 7)
     )
@@ -257,33 +262,26 @@ class BlockStack(nn.Module):
                 in_axes=(nn.broadcast, nn.broadcast, 0),
                 length=self.depth,
             )
-            layer = {
-                "idx": jnp.arange(self.depth, dtype=jnp.int32),
-                "rate": jnp.asarray(rates),
-                "cache": caches,
-            }
+            layer = {"idx": jnp.arange(self.depth, dtype=jnp.int32), "rate": jnp.asarray(rates)}
             init_captured = jnp.zeros_like(x) if capture_layer is not None else None
-            (x, captured), new_caches = body(
+            (x, captured, new_caches), _ = body(
                 block_kwargs=tuple(sorted(self._block_kwargs().items())),
                 cache_offset=cache_offset, deterministic=deterministic,
                 capture_layer=capture_layer, remat=self.remat, name="layers",
-            )((x, init_captured), cond, mask, layer)
+            )((x, init_captured, caches), cond, mask, layer)
             return x, new_caches, captured
 
         block_cls = _maybe_remat(AdaLNSelfAttn, self.remat, in_scan=False)
-        ks, vs = [], []
+        new_caches = []
         for i in range(self.depth):
-            cache_i = None if caches is None else (caches[0][i], caches[1][i])
+            cache_i = None if caches is None else caches[i]
             x, cache_i = block_cls(**self._block_kwargs(), name=f"layer_{i}")(
                 x, cond, mask, cache_i, cache_offset, float(rates[i]), deterministic
             )
-            if cache_i is not None:
-                ks.append(cache_i[0])
-                vs.append(cache_i[1])
+            new_caches.append(cache_i)
             if capture_layer is not None and i == capture_layer:
                 captured = x
-        new_caches = (jnp.stack(ks), jnp.stack(vs)) if caches is not None else None
-        return x, new_caches, captured
+        return x, (tuple(new_caches) if caches is not None else None), captured
 
 
 class AdaLNBeforeHead(nn.Module):
@@ -327,10 +325,16 @@ class LogitsHead(nn.Module):
         return y + bias
 
 
-def init_caches(depth: int, batch: int, length: int, num_heads: int, head_dim: int, dtype=jnp.float32):
-    """Stacked zero KV caches (k, v), each (depth, batch, length, num_heads, head_dim)."""
-    shape = (depth, batch, length, num_heads, head_dim)
-    return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
+def init_caches(depth: int, batch: int, length: int, num_heads: int, head_dim: int,
+                dtype=jnp.float32, *, stacked: bool = False):
+    """Zero KV caches for a BlockStack: stacked=True (scan_layers): (k, v), each
+    (depth, batch, length, heads, head_dim); stacked=False (unrolled): a tuple of `depth`
+    (k, v) pairs, each (batch, length, heads, head_dim)."""
+    if stacked:
+        shape = (depth, batch, length, num_heads, head_dim)
+        return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
+    shape = (batch, length, num_heads, head_dim)
+    return tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(depth))
 
 
 def _find_block_parent(tree, key):

@@ -12,8 +12,8 @@ Public API:
     What happens (VAR's semantics):
       * 2B rows when cfg != 0: conditional labels first, the null class second; both halves see
         the same sampled tokens. Logits (1 + t) * cond - t * uncond with t = cfg * si / (K - 1).
-      * per scale: query only that scale's tokens against a fixed-size KV cache (depth, 2B, L,
-        H, D) written at the scale's static offset; fp32 logits; filter (top-k then top-p, VAR's
+      * per scale: query only that scale's tokens against a fixed-size KV cache (2B, L, H, D)
+        per layer, written in place at the scale's static offset; fp32 logits; filter (top-k then top-p, VAR's
         rule, see filtering.py); one categorical draw per token; codebook lookup (or, with
         more_smooth, VAR's Gumbel-softmax mix of code vectors, tau = max(0.27 (1 - 0.95 r), 0.005)
         on logits * (1 + r)); f_hat update and next input through the tokenizer.
@@ -73,7 +73,8 @@ def sample_var_tokens(module, tok_module, params, tok_params, labels, rng, cfg, 
     cond = module.apply(p, labels, method=VAR.class_embedding)
     x = module.apply(p, cond, method=VAR.first_tokens)
     head_dim = module.embed_dim // module.num_heads
-    caches = init_caches(module.depth, rows, L, module.num_heads, head_dim, module.dtype)
+    caches = init_caches(module.depth, rows, L, module.num_heads, head_dim, module.dtype,
+                         stacked=module.scan_layers)
     full = module.patch_nums[-1]
     f_hat = jnp.zeros((B, full, full, module.cvae), jnp.float32)
     codebook = None

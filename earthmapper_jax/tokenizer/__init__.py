@@ -22,6 +22,8 @@ from earthmapper_jax.tokenizer.config import model_config, seq_len
 from earthmapper_jax.tokenizer.model import VQVAE
 
 CHECKPOINT_KIND = "tokenizer"
+# (config, method, static args) -> jitted function; see Tokenizer._call.
+_JIT_CACHE = {}
 # Images may stray this far outside [-1, 1] (rounding in the caller's normalisation).
 RANGE_TOLERANCE = 1e-3
 
@@ -181,22 +183,19 @@ class Tokenizer:
 
     # -- jit cache ----------------------------------------------------------------------------
 
-    @functools.cached_property
-    def _jit(self):
-        return {}
-
     def _call(self, method: str, *args, static=None, **arrays):
-        """model.<method>(*args, **arrays, **static), jitted once per (method, static kwargs)."""
+        """model.<method>(*args, **arrays, **static), jitted once per (config, method, static)
+        and shared by every Tokenizer of the same config (params are an argument)."""
         static = dict(static or {})
-        key = (method, tuple(sorted(static.items())))
-        fn = self._jit.get(key)
+        key = (_freeze(self.config), method, tuple(sorted(static.items())))
+        fn = _JIT_CACHE.get(key)
         if fn is None:
             model, meth = self.model, getattr(VQVAE, method)
 
             def run(params, *a, **kw):
                 return model.apply({"params": params}, *a, method=meth, **kw, **static)
 
-            fn = self._jit[key] = jax.jit(run)
+            fn = _JIT_CACHE[key] = jax.jit(run)
         return fn(self.params, *args, **arrays)
 
     # -- checks -------------------------------------------------------------------------------
@@ -220,6 +219,14 @@ class Tokenizer:
                     f"image values span [{lo:.4g}, {hi:.4g}], expected [-1, 1] "
                     "(scale uint8 pixels with x / 127.5 - 1)")
         return jnp.asarray(images, jnp.float32)
+
+    def check_fhat(self, f_hat):
+        """InputError unless `f_hat` is (B, h, h, z), h = patch_nums[-1]."""
+        h, z = self.patch_nums[-1], self.z_channels
+        shape = tuple(np.shape(f_hat))
+        if len(shape) != 4 or shape[1:] != (h, h, z):
+            raise InputError(f"f_hat has shape {shape}, expected (batch, {h}, {h}, {z})")
+        return jnp.asarray(f_hat, jnp.float32)
 
     def check_indices(self, indices, need_all: bool = False):
         """InputError unless `indices` are the first k (all K if need_all) token maps."""
@@ -262,7 +269,7 @@ class Tokenizer:
 
     def decode_fhat(self, f_hat):
         """f_hat (B, h, w, z) -> images clipped to [-1, 1] (VAR's fhat_to_img)."""
-        return self._call("decode_fhat", jnp.asarray(f_hat, jnp.float32))
+        return self._call("decode_fhat", self.check_fhat(f_hat))
 
     def encode_features(self, images):
         """Images -> unquantized features f (B, h, w, z) float32."""

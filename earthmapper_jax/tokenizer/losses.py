@@ -16,7 +16,8 @@ f_hat). With the GAN on, the discriminator's hinge loss is added to the same sca
 stop-gradients on both sides (the VAE term sees the discriminator frozen, the discriminator
 term sees the reconstruction frozen), so one gradient of one scalar trains both and the
 generic single-optimizer trainer needs nothing special. Metrics are fp32 scalars, including
-`usage/s{k}`: the fraction of the V codes hit at scale k in this batch.
+`usage/s{k}` (the fraction of the V codes hit at scale k in this batch), plus "hits": the
+(K, V) per-scale code counts that `update_code_age` takes (the trainer logs only scalars).
 
 Compute dtype: `config.model.dtype` ("bfloat16" runs the convolutions in bf16 on fp32 params);
 the quantizer and every loss term are fp32.
@@ -86,6 +87,11 @@ def tokenizer_loss(params, images, rng, config):
     """(scalar fp32 loss, dict of fp32 scalar metrics) for a batch of images in [-1, 1]."""
     del rng  # deterministic: no dropout in VAR's VQ-VAE
     lc = loss_config(config)
+    lpips_params = None
+    if lc["lpips_weight"] > 0:  # first, so missing weight files fail before any compute
+        from earthmapper_jax.tokenizer.lpips import load_lpips
+
+        lpips_params = load_lpips(lc["lpips_vgg_path"], lc["lpips_lin_path"])
     x = images.astype(jnp.float32)
     rec, vq_loss, hits, _ = _vae(config).apply({"params": params["vae"]}, x)
     diff = rec - x
@@ -93,11 +99,10 @@ def tokenizer_loss(params, images, rng, config):
     loss = lc["l1_weight"] * l1 + lc["l2_weight"] * l2 + lc["vq_weight"] * vq_loss
     metrics = {"rec_l1": l1, "rec_l2": l2, "vq_loss": vq_loss,
                "psnr": jnp.mean(psnr(jnp.clip(rec, -1, 1), x))}
-    if lc["lpips_weight"] > 0:
-        from earthmapper_jax.tokenizer.lpips import load_lpips, lpips_distance
+    if lpips_params is not None:
+        from earthmapper_jax.tokenizer.lpips import lpips_distance
 
-        lp = jnp.mean(lpips_distance(load_lpips(lc["lpips_vgg_path"], lc["lpips_lin_path"]),
-                                     rec, x))
+        lp = jnp.mean(lpips_distance(lpips_params, rec, x))
         loss = loss + lc["lpips_weight"] * lp
         metrics["lpips"] = lp
     if lc["gan_weight"] > 0:
@@ -114,6 +119,7 @@ def tokenizer_loss(params, images, rng, config):
     for k in range(hits.shape[0]):
         metrics[f"usage/s{k}"] = jnp.mean(hit[k].astype(jnp.float32))
     metrics["usage"] = jnp.mean(jnp.any(hit, axis=0).astype(jnp.float32))
+    metrics["hits"] = hits  # (K, V) code counts, for update_code_age (not a logged scalar)
     return loss.astype(jnp.float32), metrics
 
 

@@ -36,7 +36,7 @@ def area_matrix(n_in: int, n_out: int) -> np.ndarray:
     return m
 
 
-def _cubic_weights(t: float, a: float = BICUBIC_A) -> tuple:
+def cubic_weights(t: float, a: float = BICUBIC_A) -> tuple:
     """Weights of the 4 taps at offsets -1, 0, 1, 2 for fractional position t in [0, 1)."""
 
     def near(x):  # |x| <= 1
@@ -48,6 +48,9 @@ def _cubic_weights(t: float, a: float = BICUBIC_A) -> tuple:
     return far(t + 1), near(t), near(1 - t), far(2 - t)
 
 
+_cubic_weights = cubic_weights  # older name, imported by models/dinov2.py
+
+
 @functools.lru_cache(maxsize=None)
 def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
     """(n_out, n_in) float32 matrix of PyTorch `mode='bicubic'` (A=-0.75, align_corners=False) in 1-D."""
@@ -56,7 +59,7 @@ def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
     for i in range(n_out):
         x = (i + 0.5) * scale - 0.5
         x0 = int(np.floor(x))
-        for k, w in enumerate(_cubic_weights(x - x0)):
+        for k, w in enumerate(cubic_weights(x - x0)):
             # Taps past the border read the edge pixel (PyTorch clamps the index), so their
             # weights accumulate on it.
             m[i, min(max(x0 - 1 + k, 0), n_in - 1)] += w

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 import flax.linen as nn
 import jax
@@ -46,6 +47,25 @@ LOGICAL_AXIS_RULES = (
     ("conv_w", None),
     ("conv_in", None),
     ("conv_out", "fsdp"),
+)
+
+# Logical names for parameters the model did not annotate, by regex on the '/'-joined path
+# (first match wins; names align with the *trailing* dims, so layer-stacked (scanned) params
+# get None on their leading layer axis). Covers the VAR/EarthMapper transformer.
+PARAM_RULES = (
+    (r"(^|/)mat_qkv/kernel$", ("embed", "qkv")),
+    (r"(^|/)(q_bias|v_bias)$", ("qkv",)),
+    (r"(^|/)attn/proj/kernel$", ("qkv", "embed")),
+    (r"(^|/)fc1/kernel$", ("embed", "mlp")),
+    (r"(^|/)fc1/bias$", ("mlp",)),
+    (r"(^|/)fc2/kernel$", ("mlp", "embed")),
+    (r"(^|/)ada_lin/kernel$", ("embed", "mlp")),
+    (r"(^|/)ada_lin/bias$", ("mlp",)),
+    (r"(^|/)head/kernel$", ("embed", "vocab")),
+    (r"(^|/)head/bias$", ("vocab",)),
+    (r"(^|/)word_embed/kernel$", (None, "embed")),
+    (r"(^|/)(pos_1LC|pos_start|lvl_embed/embedding|modality_embed)$", (None, "embed")),
+    (r"(^|/)quantize/codebook$", ("codebook", None)),
 )
 
 # Parameters smaller than this stay replicated under the FSDP fallback (sharding them costs
@@ -131,8 +151,19 @@ def _fsdp_fallback(shape, mesh, min_size=FSDP_MIN_SIZE) -> P:
     return P()
 
 
-def spec_for(leaf, mesh, rules=LOGICAL_AXIS_RULES) -> P:
-    """PartitionSpec of one (possibly logically boxed, possibly abstract) parameter."""
+def _logical_from_path(name, ndim, param_rules):
+    for pattern, names in param_rules:
+        if re.search(pattern, name):
+            if len(names) > ndim:
+                return None
+            return (None,) * (ndim - len(names)) + tuple(names)
+    return None
+
+
+def spec_for(leaf, mesh, rules=LOGICAL_AXIS_RULES, name: str = "",
+             param_rules=PARAM_RULES) -> P:
+    """PartitionSpec of one (possibly logically boxed, possibly abstract) parameter: its own
+    logical names, else the names `param_rules` give its path `name`, else FSDP fallback."""
     if isinstance(leaf, nn.LogicallyPartitioned) or isinstance(leaf, nn.Partitioned):
         names = leaf.names
         value = leaf.value
@@ -142,7 +173,14 @@ def spec_for(leaf, mesh, rules=LOGICAL_AXIS_RULES) -> P:
         else:  # already mesh axis names
             axes = list(names)
         return _fit_spec(axes, value.shape, mesh)
-    return _fsdp_fallback(np.shape(leaf), mesh)
+    shape = np.shape(leaf)
+    names = _logical_from_path(name, len(shape), param_rules) if name else None
+    if names is not None:
+        table = _rules_dict(rules)
+        spec = _fit_spec([table.get(n) if n is not None else None for n in names], shape, mesh)
+        if any(a is not None for a in spec) or math.prod(shape) < FSDP_MIN_SIZE:
+            return spec
+    return _fsdp_fallback(shape, mesh)
 
 
 def _is_box(x):
@@ -154,8 +192,11 @@ def param_shardings(boxed_params, mesh, rules=LOGICAL_AXIS_RULES):
 
     The result has the structure of the *unboxed* params.
     """
-    return jax.tree.map(lambda x: NamedSharding(mesh, spec_for(x, mesh, rules)), boxed_params,
-                        is_leaf=_is_box)
+    from earthmapper_jax.train.optim import path_name
+
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: NamedSharding(mesh, spec_for(x, mesh, rules, path_name(path))),
+        boxed_params, is_leaf=_is_box)
 
 
 def replicated(mesh) -> NamedSharding:

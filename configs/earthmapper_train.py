@@ -1,0 +1,111 @@
+"""Training configs for EarthMapper (task "earthmapper"); model fields come from the model's
+own config (configs/earthmapper.py if present, else models.earthmapper.model_config).
+
+    get_config("cnsatmap_d24")  the paper: depth 24 from VAR-d24 weights, 256², AdamW, 100 epochs,
+                                batch 24 per device on 8 devices (global 192), SI σ 0.5,
+                                samples with top-k 100, top-p 0.55
+    get_config("cnsatmap_d16")  the same recipe at depth 16 (from VAR-d16)
+    get_config("nymaps_d16")    the pix2pix New York maps (1096 pairs, no coordinates), d16
+    get_config("tiny")          CPU: tiny model on the synthetic city at 64², minutes
+
+Not reported by the paper and taken from VAR (var_reference.md §3): base lr per 256 images
+(1e-4 d16, 8e-5 d24), betas (0.9, 0.95), wd 0.05 with VAR's no-decay list, warm-up 2 epochs
+(VAR: ep/50), linear decay to 10 % (d16) / 1 % (d24), clip 2.0, bf16 compute.
+
+Run (CNSatMap on 8 GPUs or a TPU pod; data from `earthmapper prepare cnsatmap`, tokens from
+`earthmapper prepare tokens`, VAR weights from `earthmapper convert var`):
+    python -m earthmapper_jax.main --config configs/earthmapper_train.py:cnsatmap_d24 \
+        --workdir gs://BUCKET/em_d24 --config.data.tokens_dir=gs://BUCKET/cnsatmap_tokens \
+        --config.model.tokenizer_dir=/ckpt/vae --config.model.var_init=/ckpt/var_d24 \
+        --config.model.si_dinov2=/ckpt/dinov2_vitb14_pretrain.pth
+Tiny, on a laptop (after `make demo`, or with any tiny tokenizer):
+    python -m earthmapper_jax.main --config configs/earthmapper_train.py:tiny --workdir /tmp/em \
+        --config.data.dir=demo_out/data --config.model.tokenizer_dir=demo_out/tokenizer_run/tokenizer
+"""
+
+import importlib.util
+import pathlib
+
+import ml_collections
+
+from earthmapper_jax.train.defaults import add_training_fields
+
+_VARIANTS = {
+    # name: (model name, dataset, base_lr, final_lr_frac)
+    "cnsatmap_d24": ("d24", "cnsatmap", 8e-5, 0.01),
+    "cnsatmap_d16": ("d16", "cnsatmap", 1e-4, 0.1),
+    "nymaps_d16": ("d16", "nymaps", 1e-4, 0.1),
+    "tiny": ("tiny", "synthetic", 3e-3, 0.1),
+}
+
+
+def _model_config(name):
+    """The model fields: configs/earthmapper.py's, else the library's model_config(name)."""
+    path = pathlib.Path(__file__).with_name("earthmapper.py")
+    if path.exists():
+        spec = importlib.util.spec_from_file_location("_em_model_config", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        c = mod.get_config(name)
+        return c.model if "model" in c else c, (c.get("sampling", None) if "model" in c else None)
+    from earthmapper_jax.models.earthmapper import model_config
+
+    return model_config(name), None
+
+
+def get_config(arg=None):
+    arg = str(arg or "cnsatmap_d24")
+    if arg not in _VARIANTS:
+        raise ValueError(f"earthmapper_train config arg must be one of {sorted(_VARIANTS)}, "
+                         f"got {arg!r}")
+    model_name, dataset, base_lr, final_frac = _VARIANTS[arg]
+    config = ml_collections.ConfigDict()
+    config.task = "earthmapper"
+    model, sampling = _model_config(model_name)
+    config.model = model
+    # Sampler options for the periodic sample grids (the paper's top-k / top-p).
+    config.sample_options = sampling or ml_collections.ConfigDict({"top_k": 100, "top_p": 0.55})
+    add_training_fields(config)
+    config.optim.base_lr = base_lr
+    config.optim.final_lr_frac = final_frac
+    config.optim.warmup_epochs = 2.0
+    # The learned null coordinate plays VAR's cfg_uncond role: no weight decay on it.
+    config.optim.no_decay_extra = ("null", "modality_embed")
+    config.data.image_size = 256
+    config.data.augment = True
+    config.checkpoint.best_metric = "eval/loss"
+    config.checkpoint.best_mode = "min"
+    if arg == "tiny":
+        config.model.si_weight = 0.0   # no DINOv2 weights offline; SI is tested elsewhere
+        config.data.image_size = 64
+        config.batch_size = 8
+        config.total_steps = 300
+        config.optim.warmup_steps = 20
+        config.optim.warmup_epochs = None
+        config.checkpoint.every_steps = 100
+        config.log_every_steps = 10
+        config.eval_every_steps = 100
+        config.eval_batches = 2
+        config.sample_every_steps = 0
+        config.sample_batch_size = 4
+        config.sample_options = ml_collections.ConfigDict({"top_k": 20, "top_p": 0.9})
+        return config
+    config.model.dtype = "bfloat16"    # bf16 compute on fp32 master weights
+    config.model.attention = None      # auto: cuDNN fused attention on GPU, XLA elsewhere
+    config.model.remat = "none"
+    config.num_epochs = 100
+    config.batch_size = 24 * 8         # 24 per device on 8 devices
+    config.checkpoint.every_steps = 2000
+    config.log_every_steps = 50
+    config.eval_every_steps = 5000
+    config.eval_batches = 16
+    config.sample_every_steps = 5000
+    config.sample_batch_size = 4
+    if dataset == "nymaps":
+        config.num_epochs = 200        # 1096 pairs: ~6 steps/epoch at batch 192
+        config.batch_size = 64
+        config.model.coord_drop_rate = 0.0  # no coordinates: every tile uses the null
+        config.checkpoint.every_steps = 500
+        config.eval_every_steps = 500
+        config.sample_every_steps = 500
+    return config
