@@ -5,7 +5,7 @@
     get_config("512")   the same VAE with VAR's 512 px scales 1,2,3,4,6,9,13,18,24,32
     get_config("tiny")  CPU-sized (ch 32, ch_mult 1,1,2,2, z 8, V 512, 64 px, scales 1,2,3,4,6,8)
 
-Run (the tiny one on the synthetic city, a few minutes on a CPU):
+Run (the tiny one on the synthetic city; 200 steps take about 10 minutes on 2 CPU cores):
     earthmapper prepare synthetic --n 512 --size 64 --out /tmp/syn64
     python -m earthmapper_jax.main --config configs/tokenizer_var.py:tiny --workdir /tmp/tok \
         --config.data.dir=/tmp/syn64

@@ -76,3 +76,17 @@ def test_bf16_compute_keeps_fp32_params_and_close_outputs():
     assert bf16.dtype == jnp.float32
     rel = float(jnp.linalg.norm(bf16 - f32) / jnp.linalg.norm(f32))
     assert rel < 0.05, rel
+
+
+def test_nearest_codes_l2_and_cosine():
+    from earthmapper_jax.tokenizer.quantizer import nearest_codes
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(50, 8)).astype(np.float32)
+    cb = rng.normal(size=(40, 8)).astype(np.float32) * rng.uniform(0.2, 3, (40, 1)).astype(np.float32)
+    l2 = ((z[:, None] - cb[None]) ** 2).sum(-1).argmin(1)
+    cos = ((z / np.linalg.norm(z, axis=1, keepdims=True))
+           @ (cb / np.linalg.norm(cb, axis=1, keepdims=True)).T).argmax(1)
+    np.testing.assert_array_equal(nearest_codes(z, cb), l2)
+    np.testing.assert_array_equal(nearest_codes(z, cb, using_znorm=True), cos)
+    assert (l2 != cos).any()  # the two rules differ on codes of different norms

@@ -52,11 +52,13 @@ def load_config(config_arg: str, overrides=()):
     path = config_arg.split(":", 1)[0]
     if not os.path.isfile(path):
         raise InputError(f"no config file {path} (expected configs/FILE.py[:ARG])")
+    argv = ["earthmapper", f"--config={config_arg}", *overrides]
     fv = flags.FlagValues()
+    # sys_argv: the overrides are read from this list, not from the process's sys.argv.
     config_flags.DEFINE_config_file("config", None, "config file", flag_values=fv,
-                                    lock_config=True)
+                                    lock_config=True, sys_argv=argv)
     try:
-        fv(["earthmapper", f"--config={config_arg}", *overrides])
+        fv(argv)
         config = fv.config
         config.keys()  # the flag loads lazily: surface a missing/broken file here
         return config

@@ -53,8 +53,14 @@ def var_trunc_normal(std: float):
     """Normal(0, std) truncated at absolute [-2, 2] (PyTorch trunc_normal_ defaults)."""
 
     def init(key, shape, dtype=jnp.float32):
-        lo, hi = -2.0 / std, 2.0 / std
-        return (jax.random.truncated_normal(key, lo, hi, shape, jnp.float32) * std).astype(dtype)
+        bound = 2.0 / std  # in units of std
+        if bound > 6.0:
+            # the cut lies beyond 6 std (VAR's stds are ~0.01-0.05): a clipped normal differs from
+            # the truncated one with probability < 2e-9 and compiles several times faster
+            x = jnp.clip(jax.random.normal(key, shape, jnp.float32), -bound, bound)
+        else:
+            x = jax.random.truncated_normal(key, -bound, bound, shape, jnp.float32)
+        return (x * std).astype(dtype)
 
     return init
 

@@ -253,6 +253,18 @@ class BlockStack(nn.Module):
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat={self.remat!r}; expected one of {REMAT_POLICIES}")
         rates = self.drop_rates()
+        given_stacked = caches is not None and _is_stacked(caches)
+        if caches is not None and given_stacked != self.scan_layers:
+            # the other layout than this stack's: correct, but costs a copy of the caches per
+            # call; build them with init_caches(..., stacked=scan_layers) instead
+            caches = _restack(caches, self.depth, to_stacked=self.scan_layers)
+        x, caches, captured = self._run(x, cond, mask, caches, cache_offset, deterministic,
+                                        capture_layer, rates)
+        if caches is not None and given_stacked != self.scan_layers:
+            caches = _restack(caches, self.depth, to_stacked=given_stacked)
+        return x, caches, captured
+
+    def _run(self, x, cond, mask, caches, cache_offset, deterministic, capture_layer, rates):
         captured = None
         if self.scan_layers:
             body = nn.scan(
@@ -323,6 +335,16 @@ class LogitsHead(nn.Module):
             (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32,
         )
         return y + bias
+
+
+def _is_stacked(caches) -> bool:
+    return hasattr(caches[0], "ndim") and caches[0].ndim == 5
+
+
+def _restack(caches, depth: int, to_stacked: bool):
+    if to_stacked:
+        return jnp.stack([c[0] for c in caches]), jnp.stack([c[1] for c in caches])
+    return tuple((caches[0][i], caches[1][i]) for i in range(depth))
 
 
 def init_caches(depth: int, batch: int, length: int, num_heads: int, head_dim: int,
