@@ -154,7 +154,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=8, help="training batch")
     ap.add_argument("--steps", type=int, default=5, help="timed training steps")
     ap.add_argument("--dtype", default="float32", help="compute dtype (params stay fp32)")
-    ap.add_argument("--attention", default="xla", help="None|xla|cudnn|einsum (training pass)")
+    ap.add_argument("--attention", default="auto", help="auto|xla|cudnn|einsum|None (training pass)")
     ap.add_argument("--sample-attention", default="xla", help="attention kernel for sampling")
     ap.add_argument("--scan", action="store_true", help="nn.scan over layers")
     ap.add_argument("--remat", default="none", help="none|full|dots|dots_no_batch")

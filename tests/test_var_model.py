@@ -124,7 +124,8 @@ def test_scan_and_remat_equal_unrolled(model):
         out = var_lib.forward(m, stacked, labels, x)
         np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=0, atol=1e-5)
     back = unstack_block_params(stacked, c.depth)
-    jax.tree_util.tree_map(np.testing.assert_array_equal, back, jax.tree_util.tree_map(np.asarray, model.params))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, back,
+                           jax.tree_util.tree_map(np.asarray, model.params))
     # the scanned model samples identically too
     scanned = model.with_config(scan_layers=True)
     labels = np.array([2, 10])  # the settings of the greedy test: its compilation is reused
@@ -173,3 +174,16 @@ def test_candidate_filter_equals_full_vocab_filter():
         v, i = candidates(logits, k, p)
         np.testing.assert_array_equal(np.isinf(np.asarray(scatter_candidates(v, i, 300))),
                                       np.isinf(np.asarray(full)), err_msg=f"k={k} p={p}")
+
+
+def test_block_causal_description_equals_mask(model):
+    """masks.BlockCausal (ids, mask built in-graph) == the precomputed boolean mask."""
+    c = model.config
+    L = sum(p * p for p in c.patch_nums)
+    mod, variables = model.module, {"params": model.params}
+    cond = mod.apply(variables, jnp.array([1, 2]), method=var_lib.VAR.class_embedding)
+    seq = jax.random.normal(jax.random.key(6), (2, L, c.embed_dim))
+    run = jax.jit(lambda m: mod.apply(variables, seq, cond, m, method=var_lib.VAR.transformer)[0])
+    a = run(masks.as_attention_mask(masks.var_mask(c.patch_nums)))
+    b = run(masks.BlockCausal(jnp.asarray(masks.scale_ids(c.patch_nums))))
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)

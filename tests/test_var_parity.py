@@ -89,7 +89,9 @@ def test_teacher_forced_logits(models, fixtures_dir, name):
     assert rel <= REL_TOL and rel_tf <= REL_TOL
 
 
-@pytest.mark.parametrize("name,cfg", [("l2", 0.0), ("l2", 4.0), ("shared", 4.0), ("nol2", 4.0)])
+# nol2 sampling is left out (its golden tokens exist): the sampler code is shared and the
+# plain-attention scale is covered by its logits; each case costs a compilation
+@pytest.mark.parametrize("name,cfg", [("l2", 0.0), ("l2", 4.0), ("shared", 4.0)])
 def test_greedy_sampling_matches_var(models, fixtures_dir, name, cfg):
     g = _golden(fixtures_dir, name)
     m = models[name]

@@ -15,10 +15,12 @@ Public API (stable; the EarthMapper joint model reuses it):
       by exp(min(scale_mul, ln 100)), and the softmax scale is 1.
       attn_l2_norm=False: softmax scale 0.25 / sqrt(D), as VAR's SelfAttention.
 
-      implementation: None / "xla" / "cudnn" go to `jax.nn.dot_product_attention`; "einsum"
-      is an explicit fp32 softmax(q k^T) v (exact parity path, the reference for tests).
+      implementation: None / "xla" / "cudnn" go to `jax.nn.dot_product_attention`; "auto" is
+      "cudnn" on an NVIDIA GPU with bf16/fp16 compute, else "xla"; "einsum" is an explicit fp32
+      softmax(q k^T) v (exact parity path, the reference for tests). cuDNN needs bf16/fp16.
 
-      mask: boolean, True = attend, broadcastable to (B, H, Lq, Lk) (see `masks.py`).
+      mask: boolean, True = attend, broadcastable to (B, H, Lq, Lk), or a masks.BlockCausal
+      description (built into a boolean mask in-graph; see `masks.py`).
       With a cache, the mask's last axis runs over the whole cache (length L).
 
       cache: (k, v), each (B, L, H, D), a fixed-size buffer. This call's keys/values are written
@@ -44,7 +46,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-IMPLEMENTATIONS = (None, "xla", "cudnn", "einsum")
+IMPLEMENTATIONS = (None, "auto", "xla", "cudnn", "einsum")
 MAX_LOG_SCALE = math.log(100.0)  # VAR caps the per-head scale at 100
 INIT_LOG_SCALE = math.log(4.0)
 
@@ -116,10 +118,21 @@ def _use_cache(cache, offset, layer, k, v, mask):
     return k_all, v_all, mask, (k_cache, v_cache)
 
 
+def resolve_auto(dtype) -> str:
+    """"auto": cuDNN flash attention on NVIDIA GPUs for bf16/fp16 (XLA's attention materialises
+    the (B, H, L, L) scores: out of memory at d16+ training shapes), XLA elsewhere (CPU, TPU,
+    fp32)."""
+    if jax.default_backend() == "gpu" and dtype in (jnp.bfloat16, jnp.float16):
+        return "cudnn"
+    return "xla"
+
+
 def attend(q, k, v, *, mask=None, scale: float = 1.0, implementation=None):
     """softmax(scale * q k^T, masked) v with q (B, Lq, H, D), k/v (B, Lk, H, D) -> (B, Lq, H, D)."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"attention implementation {implementation!r}; expected one of {IMPLEMENTATIONS}")
+    if implementation == "auto":
+        implementation = resolve_auto(q.dtype)
     if implementation == "einsum":
         logits = jnp.einsum(
             "bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32,
@@ -153,6 +166,8 @@ class SelfAttention(nn.Module):
     def __call__(self, x, mask=None, cache=None, cache_offset=None, cache_layer=None):
         B, Lq, C = x.shape
         H = self.num_heads
+        if hasattr(mask, "to_mask"):  # masks.BlockCausal description
+            mask = mask.to_mask()
         D = C // H
         tn = var_trunc_normal(self.init_std)
         qkv = nn.Dense(3 * C, use_bias=False, dtype=self.dtype, kernel_init=tn, name="mat_qkv")(x)

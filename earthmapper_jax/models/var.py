@@ -83,7 +83,8 @@ def var_config(name: str = "d16", **overrides) -> ml_collections.ConfigDict:
     c.init_std = -1.0
     # execution (not architecture): compute dtype, attention kernel, layer scan / remat
     c.dtype = "float32"
-    c.attention = "xla"         # None | "xla" | "cudnn" | "einsum" for the full-sequence pass
+    c.attention = "auto"        # auto | xla | cudnn | einsum | None, the full-sequence pass
+                                # (auto = cudnn on GPU with bf16/fp16, else xla)
     c.sample_attention = "xla"  # the same for cached sampling (few queries per step)
     c.scan_layers = False
     c.remat = "none"
@@ -133,7 +134,7 @@ class VAR(nn.Module):
     init_head: float = 0.02
     init_std: float = 0.02
     dtype: Any = jnp.float32
-    attention: Optional[str] = "xla"
+    attention: Optional[str] = "auto"
     scan_layers: bool = False
     remat: str = "none"
 

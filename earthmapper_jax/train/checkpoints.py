@@ -18,6 +18,7 @@ import pathlib
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers as ocm
 
 from earthmapper_jax.errors import CheckpointError
@@ -37,7 +38,8 @@ class Checkpointer:
     def __init__(self, directory, *, keep: int = 3, keep_best: int = 0,
                  best_metric: str | None = None, best_mode: str = "min",
                  async_save: bool = True):
-        self.directory = pathlib.Path(directory).absolute()
+        self.directory = (epath.Path(directory) if "://" in str(directory)
+                          else epath.Path(pathlib.Path(directory).absolute()))
         self.best_metric = best_metric if keep_best else None
         self.best_mode = best_mode
         policies = [ocm.LatestN(n=max(1, int(keep)))]

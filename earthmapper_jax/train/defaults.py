@@ -22,6 +22,8 @@ def add_training_fields(config: ml_collections.ConfigDict, **overrides) -> ml_co
         "batch_size": 256,                      # global, over all processes
         "num_epochs": config_dict.placeholder(float),
         "total_steps": config_dict.placeholder(int),  # wins over num_epochs
+        # Wall-clock budget of this process's training loop: stop (save, export) when spent.
+        "max_train_seconds": config_dict.placeholder(float),
         "data": {
             "dir": config_dict.placeholder(str),
             "split": "train",

@@ -10,6 +10,7 @@ import time
 
 import jax
 import numpy as np
+from etils import epath
 
 # Dense bf16 peak FLOP/s per device, by `device_kind` prefix (vendor datasheets).
 PEAK_FLOPS = {
@@ -49,23 +50,51 @@ def _scalar(v):
     return v if isinstance(v, (int, str)) else float(v)
 
 
-class JsonlWriter:
-    """Appends one JSON object per line ({"step": s, name: value, ...}); process 0 only."""
+def is_remote(path) -> bool:
+    """gs://, s3:// ... (object stores: no appends, no renames)."""
+    return "://" in str(path)
 
-    def __init__(self, path, enabled: bool | None = None):
-        self.path = pathlib.Path(path)
+
+class JsonlWriter:
+    """One JSON object per line ({"step": s, name: value, ...}); process 0 only.
+
+    Local files are appended to line by line. On an object store (gs://) the file is rewritten
+    whole, at most every `remote_flush_s` seconds and on `close()`.
+    """
+
+    def __init__(self, path, enabled: bool | None = None, remote_flush_s: float = 30.0):
+        self.path = epath.Path(path)
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.remote = is_remote(path)
+        self.remote_flush_s = remote_flush_s
+        self._lines, self._last_flush = None, 0.0
         if self.enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.remote:
+                self._lines = self.path.read_text().splitlines() if self.path.exists() else []
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled:
             return
         record = {"step": int(step)}
         record.update({k: _scalar(v) for k, v in metrics.items()})
+        line = json.dumps(record)
+        if self.remote:
+            self._lines.append(line)
+            if time.monotonic() - self._last_flush > self.remote_flush_s:
+                self.flush()
+            return
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(line + "\n")
             f.flush()
+
+    def flush(self) -> None:
+        if self.enabled and self.remote:
+            self.path.write_text("".join(l + "\n" for l in self._lines))
+            self._last_flush = time.monotonic()
+
+    def close(self) -> None:
+        self.flush()
 
     def truncate_after(self, step: int) -> None:
         """Drops records with step > `step` (written after the checkpoint a run resumes from),
@@ -80,15 +109,19 @@ class JsonlWriter:
                 continue  # a line cut short by a kill
             if rec.get("step", 0) <= step:
                 keep.append(line)
-        tmp = self.path.with_suffix(".jsonl.tmp")
+        if self.remote:
+            self._lines = keep
+            self.flush()
+            return
+        tmp = pathlib.Path(str(self.path) + ".tmp")
         tmp.write_text("".join(l + "\n" for l in keep))
         os.replace(tmp, self.path)
 
 
 def read_jsonl(path) -> list[dict]:
-    """All complete records of a metrics file."""
+    """All complete records of a metrics file (local or gs://)."""
     out = []
-    for line in pathlib.Path(path).read_text().splitlines():
+    for line in epath.Path(path).read_text().splitlines():
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError:

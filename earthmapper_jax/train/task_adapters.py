@@ -123,6 +123,15 @@ def write_grid(path, rows, gap=2):
     for i, row in enumerate(rows):
         for j, img in enumerate(row):
             canvas[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = _to_uint8(img)
+    if "://" in str(path):  # object store: one upload, atomic by itself
+        import io
+
+        from etils import epath
+
+        buf = io.BytesIO()
+        Image.fromarray(canvas).save(buf, format="PNG")
+        epath.Path(path).write_bytes(buf.getvalue())
+        return
     path = pathlib.Path(path)
     tmp = path.with_name(path.name + ".tmp.png")
     Image.fromarray(canvas).save(tmp)

@@ -10,14 +10,15 @@ keeps); losses come back fp32.
 from __future__ import annotations
 
 import math
-import pathlib
 import signal
+import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 
 from earthmapper_jax.errors import EarthMapperError
 from earthmapper_jax.train import checkpoints, metrics as metrics_lib, optim, sharding
@@ -169,15 +170,25 @@ def _evaluate(task, eval_step, state, config, mesh, local_batch, frozen):
     return {f"eval/{k}": v / max(n, 1) for k, v in sums.items()}
 
 
+def _all_agree(flag: bool) -> bool:
+    """True on every process if it is true on process 0 (hosts must stop at the same step)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
+
+
 def _export(task, state, config, workdir):
     """Writes the loadable model once training is done (single-process runs: a pod run is
     exported by running the same command again on one host, which restores and exports)."""
     if task.export is None:
         return
-    if jax.process_count() > 1:
+    if jax.process_count() > 1 or metrics_lib.is_remote(workdir):
         if jax.process_index() == 0:
-            print("multi-host run: export skipped; rerun the same command on one host to "
-                  "export the final checkpoint", flush=True)
+            print("export skipped (multi-host run or gs:// workdir): copy the workdir to a "
+                  "local disk and rerun the same command there on one host to export the final "
+                  "checkpoint", flush=True)
         return
     path = task.export(jax.device_get(state.params), config, workdir)
     print(f"exported the trained model to {path}", flush=True)
@@ -187,7 +198,7 @@ def train_and_evaluate(config, workdir) -> dict:
     """Trains `config.task` to `config.total_steps` (or `num_epochs`), resuming from the newest
     checkpoint in `workdir` if there is one. Returns a summary dict (final step, last metrics,
     why it stopped: "done" or "preempted")."""
-    workdir = pathlib.Path(workdir)
+    workdir = epath.Path(workdir)  # local or gs://
     workdir.mkdir(parents=True, exist_ok=True)
     sharding.maybe_initialize_distributed(config)
     is_main = jax.process_index() == 0
@@ -276,6 +287,8 @@ def train_and_evaluate(config, workdir) -> dict:
             bar.set_postfix(metrics_lib.format_postfix(m))
         last = m
 
+    budget = config.get("max_train_seconds", None)
+    deadline = time.monotonic() + budget if budget else None
     with _Preemption() as preempt, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         batch_np = first_np
         try:
@@ -293,7 +306,8 @@ def train_and_evaluate(config, workdir) -> dict:
 
                 stop = preempt.requested or (jax.process_count() > 1
                                              and ckpt.manager.reached_preemption(step))
-                is_last = step == total_steps or stop
+                out_of_time = deadline is not None and _all_agree(time.monotonic() > deadline)
+                is_last = step == total_steps or stop or out_of_time
                 do_eval = eval_step is not None and (
                     every(config.get("eval_every_steps", 0), step) or is_last)
                 do_sample = sample_batch is not None and (
@@ -323,13 +337,18 @@ def train_and_evaluate(config, workdir) -> dict:
                     stopped = "preempted"
                     bar.write(f"SIGTERM: saved step {step}, exiting")
                     break
+                if out_of_time:
+                    stopped = "time budget"
+                    bar.write(f"max_train_seconds={budget:g} spent: stopped at step {step}")
+                    break
             if pending is not None:
                 drain(pending)
-            if stopped == "done":
+            if stopped in ("done", "time budget"):
                 ckpt.wait()
                 _export(task, train_state, config, workdir)
         finally:
             bar.close()
+            writer.close()
             ckpt.close()  # waits for async writes of good states; nothing is saved after NaN
             if hasattr(train_iter, "close"):
                 try:
