@@ -21,7 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from configs import train_toy  # noqa: E402
 
-TOTAL = 120
+TOTAL = 60
 COMMON = [f"--config.total_steps={TOTAL}", "--config.log_every_steps=1",
           "--config.eval_every_steps=0", "--config.progress=False"]
 
@@ -88,7 +88,7 @@ def _assert_same_run(a, b):
 
 
 def test_sigkill_then_resume_is_bit_identical(uninterrupted, tmp_path):
-    rc, out = _run_until(tmp_path, 37, signal.SIGKILL, "--config.checkpoint.every_steps=7")
+    rc, out = _run_until(tmp_path, 23, signal.SIGKILL, "--config.checkpoint.every_steps=7")
     assert rc == -signal.SIGKILL, out
     saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert saved and saved[-1] < TOTAL
@@ -101,12 +101,12 @@ def test_sigkill_then_resume_is_bit_identical(uninterrupted, tmp_path):
 
 def test_sigterm_saves_then_resume_is_bit_identical(uninterrupted, tmp_path):
     # No periodic checkpoints: whatever exists afterwards was written by the SIGTERM handler.
-    rc, out = _run_until(tmp_path, 29, signal.SIGTERM, "--config.checkpoint.every_steps=100000")
+    rc, out = _run_until(tmp_path, 17, signal.SIGTERM, "--config.checkpoint.every_steps=100000")
     assert rc == 0, out
     assert "preempted at step" in out, out
     stopped = int(out.split("preempted at step ")[1].split(";")[0])
     saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
-    assert saved == [stopped] and 29 <= stopped < TOTAL
+    assert saved == [stopped] and 17 <= stopped < TOTAL
     res = subprocess.run(_cmd(tmp_path, "--config.checkpoint.every_steps=100000"),
                          capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]

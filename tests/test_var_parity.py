@@ -6,6 +6,9 @@ Variants: l2 (depth 2, cosine attention), shared (depth 2, shared AdaLN as VAR-d
 nol2 (depth 1, plain attention with VAR's 0.25/sqrt(d) scale).
 """
 
+import hashlib
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -31,9 +34,14 @@ REL_TOL = 1e-4
 
 @pytest.fixture(scope="module")
 def dirs(fixtures_dir, tmp_path_factory):
+    meta = json.loads((fixtures_dir / "var_model" / "meta.json").read_text())
+    vae = fixtures_dir / "var_model" / meta["vae_source"]
+    if hashlib.sha256(vae.read_bytes()).hexdigest() != meta["vae_sha256"]:
+        pytest.fail(f"{vae} changed since tests/fixtures/var_model was made: rerun "
+                    "tests/fixtures/make_var_fixtures.py (see its docstring)")
     root = tmp_path_factory.mktemp("var_parity")
     tok_dir = root / "tokenizer"
-    convert_var_vae(fixtures_dir / "var_vae" / "vae.pth", tok_dir, image_size=128,
+    convert_var_vae(vae, tok_dir, image_size=128,
                     patch_nums=PATCH_NUMS)
     out = {}
     # the l2 model through the CLI (tokenizer copied in), the others through the library
