@@ -40,7 +40,7 @@ def train_flops(L, B, C, depth, V):
 
 
 def parse_map(text):
-    return {k: int(v) for k, v in (kv.split("=") for kv in text.split(",") if kv)}
+    return {int(k): int(v) for k, v in (kv.split("=") for kv in text.split(",") if kv)}
 
 
 def main(argv=None):
@@ -62,7 +62,8 @@ def main(argv=None):
     ap.add_argument("--deadline", type=float, default=None,
                     help="unix time after which no new case starts")
     ap.add_argument("--sample-amp", default="bf16", help="bf16 | fp16 | none (sampling autocast)")
-    ap.add_argument("--peak-tflops", type=float, default=None)
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="MFU denominator (default by card: H200 790, H100 798 TFLOP/s bf16)")
     args = ap.parse_args(argv)
 
     import torch
@@ -87,6 +88,9 @@ def main(argv=None):
     else:
         torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     kind = torch.cuda.get_device_name() if cuda else "cpu"
+    if args.peak_tflops is None and cuda:
+        args.peak_tflops = next((v for k, v in {"H200": 790.0, "H100": 798.0}.items() if k in kind),
+                                None)
     log(f"torch {torch.__version__}, device {kind}, VAR from {var_dir}")
     cases = set(args.cases.split(","))
     batches = parse_map(args.batch)
@@ -220,6 +224,7 @@ def main(argv=None):
             if flops_:
                 rec["tflops"] = flops_ / med / 1e12
                 rec["mfu"] = rec["tflops"] / args.peak_tflops if args.peak_tflops else None
+                rec["peak_tflops"] = args.peak_tflops
             rec.update(extra or {})
             emit(rec)
 

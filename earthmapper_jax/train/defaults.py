@@ -60,9 +60,9 @@ def add_training_fields(config: ml_collections.ConfigDict, **overrides) -> ml_co
             "async_save": True,
         },
         "log_every_steps": 50,
-        "eval_every_steps": 0,          # 0: only at the end
+        "eval_every_steps": 0,          # 0: only at the end; -1: never
         "eval_batches": 8,
-        "sample_every_steps": 0,        # 0: only at the end
+        "sample_every_steps": 0,        # 0: only at the end; -1: never
         "sample_batch_size": 4,
         "progress": True,
         "peak_flops": config_dict.placeholder(float),  # per device; else from a table
@@ -71,11 +71,13 @@ def add_training_fields(config: ml_collections.ConfigDict, **overrides) -> ml_co
         # Dead-code restarts (tokenizer task): a code unused for `restart_max_age` steps is
         # replaced by a random encoder feature of the batch, checked every `restart_every`.
         defaults.codebook = {"restart_max_age": 0, "restart_every": 100}
-    for key, value in defaults.items():
+    # preserve_field_references: unset placeholders keep their type, so that
+    # `--config.total_steps=100` can still override them.
+    for key, value in defaults.items(preserve_field_references=True):
         if key not in config:
             config[key] = value
         elif isinstance(value, ml_collections.ConfigDict):
-            for sub, v in value.items():
+            for sub, v in value.items(preserve_field_references=True):
                 if sub not in config[key]:
                     config[key][sub] = v
     for dotted, value in overrides.items():

@@ -1,10 +1,11 @@
 """Mesh, logical-axis rules and shardings: one code path from 1 CPU to a TPU pod.
 
 The mesh always has the axes ("data", "fsdp", "tensor"); sizes come from `config.mesh`
-(-1 = fill with the remaining devices, size-1 axes are harmless). Parameters carry logical axis
-names (`nn.with_logical_partitioning`); `LOGICAL_AXIS_RULES` below maps them to mesh axes. A
-parameter without names is FSDP-sharded on its largest dimension that the "fsdp" axis divides,
-so an un-annotated model still scales. A mesh axis is only used on a dimension it divides.
+(-1 = fill with the remaining devices, size-1 axes are harmless). A parameter's logical axis
+names come from its `nn.with_logical_partitioning` box, else from `PARAM_RULES` (regexes on its
+path, for models that do not annotate); `LOGICAL_AXIS_RULES` maps logical names to mesh axes.
+A parameter with no names is FSDP-sharded on its largest dimension that the "fsdp" axis
+divides, so any model scales. A mesh axis is only used on a dimension it divides.
 """
 
 from __future__ import annotations

@@ -113,11 +113,16 @@ def _to_uint8(x):
     return ((np.asarray(x, np.float32) + 1.0) * 127.5).clip(0, 255).round().astype(np.uint8)
 
 
-def write_grid(path, rows, gap=2):
-    """rows: list of lists of (H, W, 3) images in [-1, 1] -> one PNG (atomic write)."""
+def write_grid(path, rows, gap=2, min_tile=64):
+    """rows: list of lists of (H, W, 3) images in [-1, 1] -> one PNG (atomic write).
+    Tiles smaller than `min_tile` pixels are enlarged (nearest) so CPU-sized runs stay visible."""
     from PIL import Image
 
     h, w = np.asarray(rows[0][0]).shape[:2]
+    zoom = max(1, min_tile // max(h, 1))
+    if zoom > 1:
+        rows = [[np.repeat(np.repeat(np.asarray(im), zoom, 0), zoom, 1) for im in r] for r in rows]
+        h, w = h * zoom, w * zoom
     ncol = max(len(r) for r in rows)
     canvas = np.full((len(rows) * (h + gap) - gap, ncol * (w + gap) - gap, 3), 255, np.uint8)
     for i, row in enumerate(rows):

@@ -259,14 +259,17 @@ def train_and_evaluate(config, workdir) -> dict:
                                    jax.device_count(), peak)
 
     sample_batch = None
-    if task.sample_fn is not None and task.eval_data is not None:
+    if task.sample_fn is not None and task.eval_data is not None and sample_every >= 0:
         sample_batch = next(iter(task.eval_data(config, batch_size=local_batch)))
         sample_batch = {k: v[: config.get("sample_batch_size", 4)] for k, v in
                         sample_batch.items()}
     (workdir / "samples").mkdir(exist_ok=True)
 
     def every(n, step):
-        return bool(n) and step % n == 0
+        return n > 0 and step % n == 0
+
+    eval_every = config.get("eval_every_steps", 0)  # 0: at the end only; < 0: never
+    sample_every = config.get("sample_every_steps", 0)
 
     ##### Loop #####
     bar = metrics_lib.progress_bar(total_steps, start, is_main and config.get("progress", True))
@@ -309,9 +312,9 @@ def train_and_evaluate(config, workdir) -> dict:
                 out_of_time = deadline is not None and _all_agree(time.monotonic() > deadline)
                 is_last = step == total_steps or stop or out_of_time
                 do_eval = eval_step is not None and (
-                    every(config.get("eval_every_steps", 0), step) or is_last)
+                    every(eval_every, step) or (is_last and eval_every >= 0))
                 do_sample = sample_batch is not None and (
-                    every(config.get("sample_every_steps", 0), step) or is_last)
+                    every(sample_every, step) or (is_last and sample_every >= 0))
                 do_save = every(ckcfg.get("every_steps", 1000), step) or is_last
                 if not (do_eval or do_sample or do_save):
                     continue
