@@ -3,7 +3,7 @@
 One command runs both sides one after the other (never at once: each side gets the whole card)
 and prints one markdown table; everything is also written to --out (results.json, table.md).
 
-    # GPU session (see benchmarks/run_gpu.sh for the device-tool command, ~6 min on an H200)
+    # GPU session (benchmarks/run_gpu.sh holds the device-tool command; ~6 min on an H200)
     python3 benchmarks/gpu_vs_pytorch.py --var-dir third_party/VAR --out $OUT
     # the same, fewer cases (d16 only)
     python3 benchmarks/gpu_vs_pytorch.py --var-dir third_party/VAR --out $OUT --quick
@@ -13,8 +13,8 @@ and prints one markdown table; everything is also written to --out (results.json
 
 Process tree: this orchestrator imports neither framework. It runs
   1. benchmarks/torch_var_side.py with --torch-python (VAR imported from --var-dir at run time);
-  2. one JAX worker per model group (var-d16, var-d24, em-d16, em-d24), this file with --worker,
-     so each group starts with an empty device (clean peak-memory counters per group).
+  2. benchmarks/jax_side.py once per model group (var-d16, var-d24, em-d16, em-d24), so each
+     group starts with an empty device (clean peak-memory counters per group).
 Each side appends JSON lines as cases finish, so a run cut short keeps what it measured.
 
 The JAX cases (random weights; the project's modules, samplers and optimiser recipe):
@@ -26,7 +26,8 @@ The JAX cases (random weights; the project's modules, samplers and optimiser rec
   var-dN-train-pretok  the same step fed token maps (pre-tokenised data; the teacher-forcing
                        inputs are still built from them inside the step).
   var-dN-tokenise      the tokenisation alone (compare with PyTorch's "of which tokenising").
-  var-dN-sample-bB     sampling_var_tokens: CFG 1.5, top-k 900, top-p 0.96, VQ-VAE decode
+  var-dN-sample-bB     sampling.var_sampler.sample_var_tokens: CFG 1.5, top-k 900, top-p 0.96,
+                       VQ-VAE decode
                        included, one jit; B = --sample-batch and 1 (latency).
   var-dN-decode-bB     the VQ-VAE decode alone (its share of batch sampling).
   em-dN-train-pretok / em-dN-train-tok
@@ -37,7 +38,10 @@ The JAX cases (random weights; the project's modules, samplers and optimiser rec
                        translation: encode the source image + sampling.earthmapper_sampler
                        .sample_joint with the default guidance triples (4 CFG branches),
                        complexity guidance, top-k 100 / top-p 0.55, decode; one jit. The
-                       sampler keeps per-layer caches, so it runs with unrolled layers.
+                       sampler builds per-layer caches, so it runs with unrolled layers.
+
+PyTorch side: see torch_var_side.py (VAR's own modules and AmpOptimizer: bf16 autocast, SDPA,
+fp32/TF32 tokenisation, fused AdamW, clip 2.0; autoregressive_infer_cfg with decode).
 
 FLOPs per training step (transformer only, the formula of shared/PERF-NOTES.md):
     3 * L * B * (2 * (12 * C^2 * depth + C * V) + 4 * L * C * depth)
@@ -132,9 +136,9 @@ def build_parser():
     ap.add_argument("--warmup", type=int, default=2, help="untimed calls after the first")
     ap.add_argument("--case-seconds", type=float, default=5.0,
                     help="a case's timed loop stops after this long (at least 2 calls)")
-    ap.add_argument("--budget-s", type=float, default=345.0,
+    ap.add_argument("--budget-s", type=float, default=330.0,
                     help="whole run; cases that would start after it are skipped")
-    ap.add_argument("--torch-share", type=float, default=0.25,
+    ap.add_argument("--torch-share", type=float, default=0.35,
                     help="fraction of the budget after which the PyTorch side starts no case")
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="bf16 dense peak for MFU (default by card: H200 790, H100 798; 0 = none)")
@@ -238,7 +242,7 @@ def run_torch(args, work, deadline):
 
 def run_jax_group(args, work, group, deadline, hard_limit):
     path = os.path.join(work, f"jax-{group}.jsonl")
-    argv = [a for a in sys.argv[1:]]
+    argv = list(args.argv)
     cmd = [args.jax_python, os.path.join(HERE, "jax_side.py")] + argv + [
         "--worker", group, "--worker-jsonl", path, "--deadline", str(deadline)]
     env = dict(os.environ)
@@ -347,7 +351,9 @@ def make_tables(args, torch_recs, jax_recs, meta):
                       f"{o['peak_gib']:.1f} GiB | {o['peak_gib'] / p['peak_gib']:.2f} | ≤ 1 | "
                       f"{'yes' if o['peak_gib'] <= p['peak_gib'] else 'no'} |")
     if len(tl) > 2:
-        lines.append("Targets of issue 6 (same card, same run):")
+        lines.append("Targets of issue 6 (same card, same run)" + (
+            " — CPU smoke: tiny shapes on a shared CPU, these ratios mean nothing:"
+            if args.cpu_smoke else ":"))
         lines.append("")
         lines += tl
     return "\n".join(lines)
@@ -377,7 +383,7 @@ def orchestrate(args):
             # against a hang (the run's own deadline is `end`).
             hard = max(120.0, end - time.time() + 120.0)
             jax_recs += run_jax_group(args, work, g, deadline, hard)
-    meta = dict(date=time.strftime("%Y-%m-%d %H:%M"), argv=sys.argv[1:],
+    meta = dict(date=time.strftime("%Y-%m-%d %H:%M"), argv=args.argv,
                 device=next((r["device"] for r in jax_recs + torch_recs if "device" in r), "?"),
                 jax=next((r["jax"] for r in jax_recs if "jax" in r), None),
                 torch=next((r["torch"] for r in torch_recs if "torch" in r), None),
@@ -388,7 +394,7 @@ def orchestrate(args):
     table = make_tables(args, torch_recs, jax_recs, meta)
     header = (f"## gpu_vs_pytorch {meta['date']}, {meta['device']}"
               + (" (CPU SMOKE: tiny shapes, not performance)" if args.cpu_smoke else "") + "\n\n"
-              f"Command: `python benchmarks/gpu_vs_pytorch.py {' '.join(sys.argv[1:])}`\n\n")
+              f"Command: `python benchmarks/gpu_vs_pytorch.py {' '.join(args.argv)}`\n\n")
     text = header + table + f"\n\nWall time {meta['wall_s']:.0f}s.\n"
     tmp = os.path.join(out, ".table.md.tmp")
     with open(tmp, "w") as f:
@@ -412,7 +418,9 @@ def orchestrate(args):
 
 def main(argv=None):
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = apply_modes(parser.parse_args(argv), vars(parser.parse_args([])))
+    args.argv = argv
     if args.worker:
         raise SystemExit("--worker is for benchmarks/jax_side.py")
     return orchestrate(args)

@@ -623,7 +623,14 @@ def profile(c, a, out, args):
     if not files:
         return "no trace written", a, out
     dst = os.path.join(args.out, f"profile-{c.name.replace('@', '_')}.xplane.pb")
-    shutil.copy(files[0], dst)
+    if os.path.getsize(files[0]) > 15 * 2**20:  # the device tool returns files up to 16 MiB
+        import gzip
+
+        dst += ".gz"
+        with open(files[0], "rb") as fi, gzip.open(dst, "wb") as fo:
+            shutil.copyfileobj(fi, fo)
+    else:
+        shutil.copy(files[0], dst)
     shutil.rmtree(tmp, ignore_errors=True)
     mib = os.path.getsize(dst) / 2**20
     return f"{dst} ({mib:.1f} MiB; open with xprof / tensorboard-plugin-profile)", a, out

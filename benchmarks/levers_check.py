@@ -101,15 +101,18 @@ def check_sampler(findings, nums):
     sorts = [e for e in walk(closed) if e.primitive.name == "sort"]
     V = cfg.vocab_size
     full_sorts = [tuple(e.invars[0].aval.shape) for e in sorts if e.invars[0].aval.shape[-1] >= V]
-    # attention products: (rows, Lq, H, D) x (rows, Lk, H, D); collect the key lengths
+    # attention products: operands (rows, n, H, D) (queries may be regrouped to rank 5); the
+    # n of those operands are the query lengths pn² and the key lengths (cache prefix)
     H, D = cfg.num_heads, cfg.embed_dim // cfg.num_heads
     key_lens = set()
     for e in walk(closed):
-        if e.primitive.name == "dot_general" and len(e.invars) == 2:
-            a, b = (v.aval.shape for v in e.invars)
-            if len(a) == 4 and len(b) == 4 and a[2:] == (H, D) and b[2:] == (H, D):
-                key_lens.add(b[1])
+        if e.primitive.name == "dot_general":
+            for v in e.invars:
+                shp = v.aval.shape
+                if len(shp) == 4 and shp[0] == 2 * B and shp[2:] == (H, D):
+                    key_lens.add(int(shp[1]))
     offsets = np.cumsum([p * p for p in cfg.patch_nums]).tolist()
+    static_ok = set(offsets) <= key_lens and max(key_lens) == offsets[-1]
     nums["sampler"] = dict(primitives=len(prims), callbacks=cbs, top_k_ops=len(topk),
                            top_k_shapes=[tuple(e.invars[0].aval.shape) for e in topk],
                            top_k_k=[e.params.get("k") for e in topk],
@@ -119,9 +122,10 @@ def check_sampler(findings, nums):
         f"VAR sampler (tiny, B={B}, CFG, top-k {top_k}, decode): one traced program of "
         f"{len(prims)} primitives; host callbacks: {cbs or 'none'}; lax.top_k ops: {len(topk)} "
         f"(k = {sorted(set(e.params.get('k') for e in topk))}, one per scale); sorts over the "
-        f"full vocabulary: {len(full_sorts)}; attention key lengths {sorted(key_lens)} = the "
-        f"cumulative scale ends {offsets} (static slices of the fixed-size KV cache, no "
-        f"padding to L, no mask)")
+        f"full vocabulary: {len(full_sorts)}; attention operand lengths {sorted(key_lens)} "
+        f"{'contain' if static_ok else 'DO NOT contain'} every cumulative scale end {offsets} "
+        f"as a static key length (static slices of the fixed-size KV cache: no padding to L, "
+        f"no mask)")
 
     counter = CompileCounter()
     dev_args = jax.device_put(args)
@@ -139,20 +143,23 @@ def check_sampler(findings, nums):
     n0 = counter.n
     generate_class(model, [1, 2], jax.random.key(0), cfg=1.5, top_k=top_k, top_p=0.96)
     n1 = counter.n
-    t = time.perf_counter()
-    toks, imgs = generate_class(model, [3, 4], jax.random.key(1), cfg=3.0, top_k=top_k,
-                                top_p=0.8, temperature=0.9)
-    jax.block_until_ready(imgs)
-    api_s = time.perf_counter() - t
+    api, prog = [], []
+    for i in range(3):  # alternate, keep the best of each: this box is shared
+        t = time.perf_counter()
+        toks, imgs = generate_class(model, [3, 4], jax.random.key(i), cfg=3.0, top_k=top_k,
+                                    top_p=0.8, temperature=0.9)
+        jax.block_until_ready(imgs)
+        api.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        jax.block_until_ready(jfn(*dev_args))
+        prog.append(time.perf_counter() - t)
+    api_s, prog_s = min(api), min(prog)
     n2 = counter.n
-    t = time.perf_counter()
-    jax.block_until_ready(jfn(*dev_args))
-    prog_s = time.perf_counter() - t
     nums["generate_class"] = dict(first_call_compiles=n1 - n0, second_call_compiles=n2 - n1,
                                   api_call_s=api_s, program_call_s=prog_s)
     findings.append(
         f"generate_class: {n1 - n0} XLA compilations on the first call (the sampler plus "
-        f"small argument conversions), {n2 - n1} on a second call with other labels, cfg, top-p "
+        f"small argument conversions), {n2 - n1} on three more calls with other labels, cfg, top-p "
         f"and temperature (traced values); wrapper overhead {1e3 * (api_s - prog_s):+.1f} ms "
         f"per call on CPU (API {1e3 * api_s:.1f} ms vs the bare program {1e3 * prog_s:.1f} ms)")
 

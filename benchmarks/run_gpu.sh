@@ -17,7 +17,8 @@
 # 2. THE DEVICE CALL (one call, ~6 min on an H200; timeout leaves room for the hard limits):
 #      run(command="bash benchmarks/run_gpu.sh device", carry=["third_party/VAR", ".whl"],
 #          kind="nvidia-h200", timeout_s=590)
-#    Results come back under $OUT: table.md, results.json, log.txt (and a profile if asked).
+#    Results come back under $OUT: table.md, results.json, log.txt and a jax.profiler trace of
+#    the VAR-d16 training step (profile-var-d16-train-tok.xplane.pb; open with xprof).
 #    Extra flags after `device` go to gpu_vs_pytorch.py, e.g. `device --quick` (d16 only).
 #    Then, if status says >= 5 min of device time is left, the lever sweep (JAX side only,
 #    VAR-d16: base configuration plus one row per lever; ~3-4 min):
@@ -82,6 +83,7 @@ device|levers)
       --variant "tok_bf16:tok_dtype=bfloat16|var-d16-train-tok" \
       --variant "sample_cudnn:sample_attention=cudnn|var-d16-sample-b1" "$@"
   fi
+  [ "$mode" = device ] && set -- --profile var-d16-train-tok "$@"  # trace -> $OUT (xprof)
   $PY benchmarks/gpu_vs_pytorch.py --var-dir third_party/VAR --torch-python "$TORCH_PY" \
     --jax-python $PY --out "$OUT" --compile-cache /tmp/jax_cc "$@" 2>&1 | tee "$OUT/log.txt"
   exit "${PIPESTATUS[0]}"

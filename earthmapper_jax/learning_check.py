@@ -147,13 +147,13 @@ def tokens_of(tok, images, batch=128):
 
 
 def train(tok, tokens_sat, tokens_map, coords, *, steps, batch=32, lr=2e-3, depth=2, width=128,
-          within_scale="group", init_adaln_gamma=1e-5, seed=0, log=None):
+          within_scale="group", init_adaln_gamma=1e-5, seed=0, log=None, **model_overrides):
     """Trains a tiny EarthMapper on pre-tokenised pairs; returns (Model, seconds, last metrics)."""
     tdir = tempfile.mkdtemp(prefix="em-learning-tok-")
     mc = em.model_config("tiny", patch_nums=PATCH_NUMS, vocab_size=tok.vocab_size, cvae=tok.z_channels,
                          depth=depth, embed_dim=width, num_heads=max(1, width // 64), si_layer=0,
                          si_weight=0.0, drop_path_rate=0.0, within_scale=within_scale, tokenizer_dir=tdir,
-                         init_adaln_gamma=init_adaln_gamma)
+                         init_adaln_gamma=init_adaln_gamma, **model_overrides)
     em._tokenizer_module_at.cache_clear()
     tok.save(f"{tdir}/t", overwrite=True)
     mc.tokenizer_dir = f"{tdir}/t"

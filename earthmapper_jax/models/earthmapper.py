@@ -119,6 +119,35 @@ def joint_mask(patch_nums: Sequence[int], within_scale: str = "group") -> np.nda
     return block_causal_mask(lay["scale"], q_group=lay["modality"], within_scale=within_scale)
 
 
+def directed_mask(patch_nums: Sequence[int], within_scale: str = "group", lead: Optional[int] = None):
+    """Mask of a directed (translation) row whose condition half `lead` (SAT/MAP) carries
+    lookahead inputs: as joint_mask, plus, inside each scale, the target half sees the
+    condition half ("ordered", condition first). lead=None: joint_mask."""
+    if lead is None or within_scale == "all":
+        return joint_mask(patch_nums, within_scale)
+    lay = joint_layout(patch_nums)
+    group = lay["modality"] if lead == SAT else 1 - lay["modality"]
+    return block_causal_mask(lay["scale"], q_group=group, within_scale="ordered")
+
+
+def sos_pad(sos, length: int):
+    """(B, first_l, C) start tokens zero-padded to (B, length, C)."""
+    return jnp.concatenate([sos, jnp.zeros((sos.shape[0], length - sos.shape[1], sos.shape[2]), sos.dtype)], 1)
+
+
+def lookahead_inputs(tok_module, tok_params, indices, patch_nums: Sequence[int]):
+    """Lookahead inputs of a condition half, (B, Σpn², Cvae): at the positions of scale k, the
+    f_hat after scales <= k (its own scale included) area-resized to pn_k."""
+    from earthmapper_jax.tokenizer.resize import area_resize
+
+    outs = []
+    for k, pn in enumerate(patch_nums):
+        f = tok_module.apply({"params": tok_params}, list(indices[: k + 1]), method="fhat")
+        f = area_resize(f, pn)
+        outs.append(f.reshape(f.shape[0], pn * pn, f.shape[-1]))
+    return jnp.concatenate(outs, 1)
+
+
 def to_joint(sat, mapp, patch_nums: Sequence[int]):
     """Two half sequences (B, Σpn², ...) -> the joint layout (B, 2Σpn², ...) (static slices)."""
     parts, b = [], 0
@@ -206,6 +235,7 @@ class EarthMapper(nn.Module):
         self.lvl_embed = nn.Embed(len(self.patch_nums), C, embedding_init=tn, name="lvl_embed")
         self.modality_embed = self.param("modality_embed", nn.initializers.zeros, (2, C), jnp.float32)
         self.cond_null = self.param("cond_null", tn, (C,), jnp.float32)
+        self.lookahead_embed = self.param("lookahead_embed", nn.initializers.zeros, (C,), jnp.float32)
         if self.shared_aln:
             self.shared_ada_lin = nn.Dense(6 * C, dtype=self.dtype, kernel_init=tn, name="shared_ada_lin")
         self.blocks = BlockStack(
@@ -233,37 +263,57 @@ class EarthMapper(nn.Module):
         lvl = jnp.asarray(scale_ids(self.patch_nums)[begin:end])
         return self.lvl_embed(lvl) + self.pos_1LC[begin:end] + self.modality_embed[modality]
 
-    def start_tokens(self, cond):
-        """Scale-0 tokens of both halves, joint layout (B, 2·first_l, C)."""
+    def _words(self, x, lead=None):
+        """word_embed of input features, plus the lookahead embedding on rows where lead."""
+        w = self.word_embed(x.astype(jnp.float32))
+        if lead is not None:
+            w = w + jnp.where(lead[:, None, None], self.lookahead_embed[None, None], 0.0)
+        return w
+
+    def start_tokens(self, cond, look_sat=None, look_map=None, lead_sat=None, lead_map=None):
+        """Scale-0 tokens of both halves, joint layout (B, 2·first_l, C). look_*: a leading
+        (condition) half's scale-0 lookahead input (B, first_l, Cvae), added where lead_*."""
         sos = cond[:, None, :] + self.pos_start[None]
         n = self.first_l
-        return jnp.concatenate(
-            [sos + self.half_embeddings(0, n, SAT)[None], sos + self.half_embeddings(0, n, MAP)[None]], 1)
+        out = []
+        for m, look, lead in ((SAT, look_sat, lead_sat), (MAP, look_map, lead_map)):
+            x = sos + self.half_embeddings(0, n, m)[None]
+            if look is not None:
+                x = x + jnp.where(lead[:, None, None], self._words(look, lead), 0.0)
+            out.append(x)
+        return jnp.concatenate(out, 1)
 
-    def scale_tokens(self, x_sat, x_map, si: int, null_sat=None, null_map=None):
+    def scale_tokens(self, x_sat, x_map, si: int, null_sat=None, null_map=None, lead_sat=None,
+                     lead_map=None):
         """Scale-si (>= 1) tokens, joint layout (B, 2pn², C), from each half's input features
-        (B, pn², Cvae); null_*: (B,) bool, that half's input becomes the learned null."""
+        (B, pn², Cvae); null_*: (B,) bool, that half's input becomes the learned null; lead_*:
+        (B,) bool, that half's input is a lookahead (condition) input."""
         pn = self.patch_nums[si]
         begin = sum(p * p for p in self.patch_nums[:si])
         out = []
-        for m, x, null in ((SAT, x_sat, null_sat), (MAP, x_map, null_map)):
-            w = self.word_embed(x.astype(jnp.float32))
+        for m, x, null, lead in ((SAT, x_sat, null_sat, lead_sat), (MAP, x_map, null_map, lead_map)):
+            w = self._words(x, lead)
             if null is not None:
                 w = jnp.where(null[:, None, None], self.cond_null[None, None], w)
             out.append(w + self.half_embeddings(begin, begin + pn * pn, m)[None])
         return jnp.concatenate(out, 1)
 
-    def embed_sequence(self, cond, tf_sat, tf_map, null_sat=None, null_map=None):
-        """Teacher-forced input (B, L, C) from c_g and both halves' VAR inputs (B, Σpn²-1, Cvae)."""
+    def embed_sequence(self, cond, tf_sat, tf_map, null_sat=None, null_map=None, look_sat=None,
+                       look_map=None, lead_sat=None, lead_map=None):
+        """Teacher-forced input (B, L, C) from c_g and both halves' VAR inputs (B, Σpn²-1, Cvae);
+        a leading half (lead_*, with its lookahead inputs look_* (B, Σpn², Cvae)) uses those."""
         n = self.first_l
         sos = cond[:, None, :] + self.pos_start[None]
         halves = []
-        for m, tf, null in ((SAT, tf_sat, null_sat), (MAP, tf_map, null_map)):
-            w = self.word_embed(tf.astype(jnp.float32))
+        for m, tf, null, look, lead in ((SAT, tf_sat, null_sat, look_sat, lead_sat),
+                                        (MAP, tf_map, null_map, look_map, lead_map)):
+            w = jnp.concatenate([jnp.zeros_like(sos), self._words(tf)], 1)
+            if look is not None:
+                w = jnp.where(lead[:, None, None], self._words(look, lead), w)
             if null is not None:
-                w = jnp.where(null[:, None, None], self.cond_null[None, None], w)
-            x = jnp.concatenate([sos, w], 1) + self.half_embeddings(0, self.half_len, m)[None]
-            halves.append(x)
+                later = jnp.arange(self.half_len) >= n
+                w = jnp.where(null[:, None, None] & later[None, :, None], self.cond_null[None, None], w)
+            halves.append(sos_pad(sos, self.half_len) + w + self.half_embeddings(0, self.half_len, m)[None])
         return to_joint(halves[0], halves[1], self.patch_nums)
 
     # -- transformer -------------------------------------------------------------------------
@@ -287,11 +337,26 @@ class EarthMapper(nn.Module):
         return self.si_head(h)
 
     def __call__(self, coords, tf_sat, tf_map, *, drop_geo=None, null_sat=None, null_map=None,
-                 deterministic: bool = True):
-        """Teacher-forced pass: (logits (B, L, V) fp32, SI predictions (B, L, si_dim) or None)."""
+                 look_sat=None, look_map=None, direction=None, deterministic: bool = True):
+        """Teacher-forced pass: (logits (B, L, V) fp32, SI predictions (B, L, si_dim) or None).
+
+        direction: optional (B,) int, -1 = joint row, SAT/MAP = a translation row whose
+        condition half is that modality: it gets its lookahead inputs look_* (B, Σpn², Cvae)
+        (unless nulled) and the row uses directed_mask."""
         cond = self.condition(coords, drop_geo)
-        x = self.embed_sequence(cond, tf_sat, tf_map, null_sat, null_map)
+        lead = [None, None]
+        if direction is not None:
+            for m, null in ((SAT, null_sat), (MAP, null_map)):
+                lead[m] = direction == m
+                if null is not None:
+                    lead[m] = lead[m] & ~null
+        x = self.embed_sequence(cond, tf_sat, tf_map, null_sat, null_map, look_sat, look_map,
+                                lead[0], lead[1])
         mask = jnp.asarray(joint_mask(self.patch_nums, self.within_scale))[None, None]
+        if direction is not None and self.within_scale != "all":
+            masks = jnp.asarray(np.stack([directed_mask(self.patch_nums, self.within_scale, d)
+                                          for d in (SAT, MAP, None)]))
+            mask = masks[jnp.where(direction < 0, 2, direction)][:, None]
         capture = self.si_layer - 1 if self.si_layer else None
         h, _, captured = self.transformer(x, cond, mask, deterministic=deterministic, capture_layer=capture)
         logits = self.logits_from_hidden(h, cond)
@@ -312,6 +377,7 @@ def model_config(name: str = "d16", **overrides) -> ml_collections.ConfigDict:
     c.geo_hidden = 0               # geo MLP hidden width; 0 = embed_dim
     c.coord_drop_rate = 0.1        # coordinates -> learned null (CFG), as VAR's label dropout
     c.cond_drop_rate = 0.1         # one modality's inputs -> learned null (condition CFG terms)
+    c.directed_rate = 0.0          # share of rows trained as translations with a leading condition
     c.si_layer = max(1, c.depth // 3) if name != "tiny" else 1  # 1-based; 0 = no SI
     c.si_weight = semantic.DEFAULT_WEIGHT
     c.si_loss = "mse"              # the paper's squared error; "cosine" = REPA's
@@ -355,9 +421,9 @@ def check_config(c) -> None:
         raise InputError(f"si_encoder={c.si_encoder!r}; expected one of {sorted(dinov2_variants())}")
     if c.si_loss not in semantic.SI_LOSSES:
         raise InputError(f"si_loss={c.si_loss!r}; expected one of {semantic.SI_LOSSES}")
-    for key in ("coord_drop_rate", "cond_drop_rate"):
-        if not 0.0 <= float(c[key]) < 1.0:
-            raise InputError(f"{key}={c[key]}; expected a probability in [0, 1)")
+    for key, top in (("coord_drop_rate", 1.0), ("cond_drop_rate", 1.0), ("directed_rate", 1.0 + 1e-9)):
+        if not 0.0 <= float(c.get(key, 0.0)) < top:
+            raise InputError(f"{key}={c.get(key)}; expected a probability in [0, 1)")
 
 
 def build(c, **overrides) -> EarthMapper:
@@ -478,8 +544,9 @@ def load_frozen(config) -> dict:
     return frozen
 
 
-def _tokens_and_inputs(mc, batch, frozen):
-    """(sat_tokens, map_tokens) flat (B, Σpn²) and their VAR inputs (B, Σpn²-1, Cvae)."""
+def _tokens_and_inputs(mc, batch, frozen, lookahead: bool = False):
+    """Per modality (flat tokens (B, Σpn²), VAR inputs (B, Σpn²-1, Cvae), lookahead inputs
+    (B, Σpn², Cvae) or None)."""
     from earthmapper_jax.tokenizer.model import VQVAE
 
     if frozen is None or frozen.get("tokenizer") is None:
@@ -497,8 +564,11 @@ def _tokens_and_inputs(mc, batch, frozen):
             flat = flatten_tokens(idx)
         else:
             raise InputError(f"batch has neither {m}_tokens nor {m}_image")
-        tf = tok.apply(tp, idx, method=VQVAE.teacher_forcing_inputs)
-        out.append((flat, jax.lax.stop_gradient(tf)))
+        tf = jax.lax.stop_gradient(tok.apply(tp, idx, method=VQVAE.teacher_forcing_inputs))
+        look = None
+        if lookahead:
+            look = jax.lax.stop_gradient(lookahead_inputs(tok, frozen["tokenizer"], idx, mc.patch_nums))
+        out.append((flat, tf, look))
     return out
 
 
@@ -528,25 +598,35 @@ def loss_fn(params, batch, rng, config, frozen=None):
     module = build(mc)
     pn = tuple(int(p) for p in mc.patch_nums)
     K = len(pn)
-    (sat_flat, tf_sat), (map_flat, tf_map) = _tokens_and_inputs(mc, batch, frozen)
+    directed_rate = float(mc.get("directed_rate", 0.0))
+    (sat_flat, tf_sat, look_sat), (map_flat, tf_map, look_map) = _tokens_and_inputs(
+        mc, batch, frozen, lookahead=directed_rate > 0)
     B = sat_flat.shape[0]
     coords = jnp.asarray(batch["coords"], jnp.float32)
 
-    r_geo, r_cond, r_which, r_drop = jax.random.split(rng, 4)
+    r_geo, r_cond, r_which, r_dir, r_lead, r_drop = jax.random.split(rng, 6)
     drop_geo = coord_dropout(r_geo, B, float(mc.coord_drop_rate))
     drop_any = coord_dropout(r_cond, B, float(mc.cond_drop_rate))
     which = jax.random.bernoulli(r_which, 0.5, (B,))
     null_sat, null_map = drop_any & ~which, drop_any & which
+    direction = None
+    skip_sat, skip_map = null_sat, null_map  # halves without a loss
+    if directed_rate > 0:  # translation rows: the condition half leads by one scale (no loss)
+        directed = coord_dropout(r_dir, B, directed_rate)
+        cond_m = jax.random.bernoulli(r_lead, 0.5, (B,)).astype(jnp.int32)  # SAT=0 / MAP=1
+        direction = jnp.where(directed, cond_m, -1)
+        skip_sat, skip_map = skip_sat | (direction == SAT), skip_map | (direction == MAP)
 
     logits, si_pred = module.apply(
         {"params": params}, coords, tf_sat, tf_map, drop_geo=drop_geo, null_sat=null_sat,
-        null_map=null_map, deterministic=False, rngs={"dropout": r_drop})
+        null_map=null_map, look_sat=look_sat, look_map=look_map, direction=direction,
+        deterministic=False, rngs={"dropout": r_drop})
 
     lay = joint_layout(pn)
     targets = to_joint(sat_flat[..., None], map_flat[..., None], pn)[..., 0]
-    # a dropped half is an input-less branch at inference: its tokens are not trained
-    keep = to_joint(jnp.broadcast_to(~null_sat[:, None], sat_flat.shape)[..., None],
-                    jnp.broadcast_to(~null_map[:, None], map_flat.shape)[..., None], pn)[..., 0]
+    # a dropped half is an input-less branch at inference, a leading half is given: no loss
+    keep = to_joint(jnp.broadcast_to(~skip_sat[:, None], sat_flat.shape)[..., None],
+                    jnp.broadcast_to(~skip_map[:, None], map_flat.shape)[..., None], pn)[..., 0]
     keep = keep.astype(jnp.float32)
     logp = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]  # (B, L)

@@ -78,6 +78,7 @@ class Spec:
     kpf: bool
     decode: bool
     return_logits: bool = False
+    lead: Optional[int] = None  # directed translation: the condition half's inputs lead a scale
 
     @property
     def condition(self) -> Optional[int]:
@@ -150,13 +151,15 @@ def _keep_grid(mask, batch: int, image_size: int, last: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- the program
 
 
-def sample_joint(module, tok_module, params, tok_params, coords, known, keep, rng, knobs, *, spec: Spec):
+def sample_joint(module, tok_module, params, tok_params, coords, known, keep, rng, knobs, *, spec: Spec):  # noqa: C901
     """The traced sampler (see module doc).
 
     coords (B, 2); known: (sat, map) flat tokens (B, Σpn²) int32 (ignored where not kept);
     keep: (sat, map) flat bool (B, Σpn²), True = force the known token; knobs: dict of traced
     scalars weights (3,), gamma, alpha_power, beta_min, tau, top_p, temperature.
-    Returns {"tokens": (sat_maps, map_maps), "images": (sat, map) or None, "logits": ...}.
+    With spec.lead (a directed model translating), the condition half's inputs are its
+    lookahead inputs (earthmapper.lookahead_inputs of its known tokens) and the mask is
+    earthmapper.directed_mask. Returns {"tokens": (sat_maps, map_maps), "images": (sat, map) or None, "logits": ...}.
     """
     EM = em.EarthMapper
     p, tp = {"params": params}, {"params": tok_params}
@@ -167,7 +170,7 @@ def sample_joint(module, tok_module, params, tok_params, coords, known, keep, rn
     rows = nb * B
     lay = em.joint_layout(pns)
     cond_m = spec.condition
-    full_mask = em.joint_mask(pns, module.within_scale)
+    full_mask = em.directed_mask(pns, module.within_scale, spec.lead)
 
     drop_geo = jnp.repeat(jnp.asarray([BRANCHES[b][0] for b in spec.branches]), B)
     nulled = jnp.repeat(jnp.asarray([BRANCHES[b][1] for b in spec.branches]), B)
@@ -175,7 +178,14 @@ def sample_joint(module, tok_module, params, tok_params, coords, known, keep, rn
     if cond_m is not None and any(BRANCHES[b][1] for b in spec.branches):
         null[cond_m] = nulled
     cond = module.apply(p, jnp.tile(coords, (nb, 1)), drop_geo, method=EM.condition)
-    x = module.apply(p, cond, method=EM.start_tokens)
+    look = [None, None]
+    lead = [None, None]
+    if spec.lead is not None:
+        look_all = em.lookahead_inputs(tok_module, tok_params, em.split_tokens(known[spec.lead], pns), pns)
+        look_all = jnp.tile(look_all, (nb, 1, 1))
+        lead[spec.lead] = ~nulled  # a nulled condition has no inputs to lead with
+        look[spec.lead] = look_all[:, : module.first_l]
+    x = module.apply(p, cond, look[0], look[1], lead[0], lead[1], method=EM.start_tokens)
     head_dim = module.embed_dim // module.num_heads
     caches = init_caches(module.depth, rows, lay["length"], module.num_heads, head_dim, module.dtype)
 
@@ -228,7 +238,11 @@ def sample_joint(module, tok_module, params, tok_params, coords, known, keep, rn
         if si != K - 1:
             pn2 = pns[si + 1]
             xs = [jnp.tile(v.reshape(B, pn2 * pn2, module.cvae), (nb, 1, 1)) for v in nxt]
-            x = module.apply(p, xs[0], xs[1], si + 1, null[0], null[1], method=EM.scale_tokens)
+            if spec.lead is not None:
+                b2 = half_b + n
+                xs[spec.lead] = look_all[:, b2 : b2 + pn2 * pn2]
+            x = module.apply(p, xs[0], xs[1], si + 1, null[0], null[1], lead[0], lead[1],
+                             method=EM.scale_tokens)
         half_b += n
 
     images = None
@@ -290,9 +304,11 @@ def _run(model, coords, known, keep, roles, rng, o, return_logits=False):
         w[0] = 0.0  # nogeo == full without coordinates
     branches = ("full",) + G.needed_branches(w, has_cond)
     B = coords.shape[0]
+    directed = has_cond and float(c.get("directed_rate", 0.0)) > 0
     spec = Spec(roles=tuple(roles), branches=branches, top_k=int(o["top_k"]),
                 complexity=bool(o["complexity"]), kpf=o["kpf_tau"] is not None and has_cond,
-                decode=bool(o["decode"]), return_logits=return_logits)
+                decode=bool(o["decode"]), return_logits=return_logits,
+                lead=roles.index("cond") if directed else None)
     dtype = o["dtype"] or c.dtype
     key = ("earthmapper_sample", B, spec, dtype)
 

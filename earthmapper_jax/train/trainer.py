@@ -258,6 +258,8 @@ def train_and_evaluate(config, workdir) -> dict:
     meter = metrics_lib.Throughput(global_batch, flops * jax.device_count() if flops else None,
                                    jax.device_count(), peak)
 
+    eval_every = config.get("eval_every_steps", 0)  # 0: at the end only; < 0: never
+    sample_every = config.get("sample_every_steps", 0)
     sample_batch = None
     if task.sample_fn is not None and task.eval_data is not None and sample_every >= 0:
         sample_batch = next(iter(task.eval_data(config, batch_size=local_batch)))
@@ -267,9 +269,6 @@ def train_and_evaluate(config, workdir) -> dict:
 
     def every(n, step):
         return n > 0 and step % n == 0
-
-    eval_every = config.get("eval_every_steps", 0)  # 0: at the end only; < 0: never
-    sample_every = config.get("sample_every_steps", 0)
 
     ##### Loop #####
     bar = metrics_lib.progress_bar(total_steps, start, is_main and config.get("progress", True))
