@@ -398,9 +398,13 @@ def worker_main(args):
         w = ems.DEFAULT_GUIDANCE[direction]
         roles = ["free", "free"]
         roles[sm] = "cond"
-        spec = ems.Spec(roles=tuple(roles), branches=("full",) + G.needed_branches(w, True),
-                        top_k=int(o["top_k"]), complexity=bool(o["complexity"]), kpf=False,
-                        decode=True)
+        spec_kw = dict(roles=tuple(roles), branches=("full",) + G.needed_branches(w, True),
+                       top_k=int(o["top_k"]), complexity=bool(o["complexity"]), kpf=False,
+                       decode=True)
+        if "lead" in {f.name for f in dataclasses.fields(ems.Spec)}:
+            # as earthmapper_sampler._run: a directed model's condition half leads each scale
+            spec_kw["lead"] = sm if float(mc.get("directed_rate", 0.0)) > 0 else None
+        spec = ems.Spec(**spec_kw)
         knobs = {"weights": jnp.asarray(w, jnp.float32), "gamma": jnp.float32(o["gamma"]),
                  "alpha_power": jnp.float32(o["alpha_power"]),
                  "beta_min": jnp.float32(o["beta_min"]), "tau": jnp.float32(2.0),

@@ -23,6 +23,7 @@ Each case is appended to --jsonl as one JSON object as soon as it is done.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -81,12 +82,13 @@ def main(argv=None):
 
     dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     cuda = dev == "cuda"
-    if cuda:  # VAR's trainer default --tf32=True
+    if cuda:  # VAR's arg_util defaults: --tf32=True, cudnn.benchmark (pg = 0), no determinism
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")
         torch.backends.cudnn.benchmark = True
-    else:
-        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    else:  # CPU smoke on a shared box: OpenMP threads spinning against other jobs cost 10-50x
+        torch.set_num_threads(1)
     kind = torch.cuda.get_device_name() if cuda else "cpu"
     if args.peak_tflops is None and cuda:
         args.peak_tflops = next((v for k, v in {"H200": 790.0, "H100": 798.0}.items() if k in kind),
@@ -100,6 +102,7 @@ def main(argv=None):
             torch.cuda.synchronize()
 
     def reset_peak():
+        gc.collect()
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
@@ -264,8 +267,10 @@ def main(argv=None):
             record(f"var-d{depth}-sample-b{SB}", sample, n, base_s,
                    extra=dict(decode=True, cfg=1.5, top_k=top_k, top_p=0.96))
         del vae, var, images
+        gc.collect()
         if cuda:
             torch.cuda.empty_cache()
+            log(f"after VAR-d{depth}: {torch.cuda.memory_allocated() / 2**30:.2f} GiB still allocated")
 
 
 if __name__ == "__main__":

@@ -120,9 +120,9 @@ def joint_mask(patch_nums: Sequence[int], within_scale: str = "group") -> np.nda
 
 
 def directed_mask(patch_nums: Sequence[int], within_scale: str = "group", lead: Optional[int] = None):
-    """Mask of a directed (translation) row whose condition half `lead` (SAT/MAP) carries
-    lookahead inputs: as joint_mask, plus, inside each scale, the target half sees the
-    condition half ("ordered", condition first). lead=None: joint_mask."""
+    """Mask of a directed (translation) row whose condition half is `lead` (SAT/MAP): as
+    joint_mask, plus, inside each scale, the target half sees the condition half ("ordered",
+    condition first). lead=None: joint_mask."""
     if lead is None or within_scale == "all":
         return joint_mask(patch_nums, within_scale)
     lay = joint_layout(patch_nums)
@@ -133,19 +133,6 @@ def directed_mask(patch_nums: Sequence[int], within_scale: str = "group", lead: 
 def sos_pad(sos, length: int):
     """(B, first_l, C) start tokens zero-padded to (B, length, C)."""
     return jnp.concatenate([sos, jnp.zeros((sos.shape[0], length - sos.shape[1], sos.shape[2]), sos.dtype)], 1)
-
-
-def lookahead_inputs(tok_module, tok_params, indices, patch_nums: Sequence[int]):
-    """Lookahead inputs of a condition half, (B, Σpn², Cvae): at the positions of scale k, the
-    f_hat after scales <= k (its own scale included) area-resized to pn_k."""
-    from earthmapper_jax.tokenizer.resize import area_resize
-
-    outs = []
-    for k, pn in enumerate(patch_nums):
-        f = tok_module.apply({"params": tok_params}, list(indices[: k + 1]), method="fhat")
-        f = area_resize(f, pn)
-        outs.append(f.reshape(f.shape[0], pn * pn, f.shape[-1]))
-    return jnp.concatenate(outs, 1)
 
 
 def to_joint(sat, mapp, patch_nums: Sequence[int]):
@@ -235,7 +222,10 @@ class EarthMapper(nn.Module):
         self.lvl_embed = nn.Embed(len(self.patch_nums), C, embedding_init=tn, name="lvl_embed")
         self.modality_embed = self.param("modality_embed", nn.initializers.zeros, (2, C), jnp.float32)
         self.cond_null = self.param("cond_null", tn, (C,), jnp.float32)
-        self.lookahead_embed = self.param("lookahead_embed", nn.initializers.zeros, (C,), jnp.float32)
+        # directed rows: the condition half also sees its own current-scale token ids
+        self.cond_token_embed = nn.Embed(self.vocab_size, C, embedding_init=nn.initializers.zeros,
+                                         name="cond_token_embed")
+        self.lead_embed = self.param("lead_embed", nn.initializers.zeros, (C,), jnp.float32)
         if self.shared_aln:
             self.shared_ada_lin = nn.Dense(6 * C, dtype=self.dtype, kernel_init=tn, name="shared_ada_lin")
         self.blocks = BlockStack(
@@ -263,53 +253,57 @@ class EarthMapper(nn.Module):
         lvl = jnp.asarray(scale_ids(self.patch_nums)[begin:end])
         return self.lvl_embed(lvl) + self.pos_1LC[begin:end] + self.modality_embed[modality]
 
-    def _words(self, x, lead=None):
-        """word_embed of input features, plus the lookahead embedding on rows where lead."""
-        w = self.word_embed(x.astype(jnp.float32))
-        if lead is not None:
-            w = w + jnp.where(lead[:, None, None], self.lookahead_embed[None, None], 0.0)
-        return w
+    def _lead(self, ids, lead):
+        """Where lead (B,): the embedding of a condition half's current-scale token ids (B, n)
+        plus the lead embedding; 0 elsewhere. ids None -> None."""
+        if ids is None:
+            return None
+        add = self.cond_token_embed(ids) + self.lead_embed[None, None]
+        return jnp.where(lead[:, None, None], add, 0.0)
 
-    def start_tokens(self, cond, look_sat=None, look_map=None, lead_sat=None, lead_map=None):
-        """Scale-0 tokens of both halves, joint layout (B, 2·first_l, C). look_*: a leading
-        (condition) half's scale-0 lookahead input (B, first_l, Cvae), added where lead_*."""
+    def start_tokens(self, cond, ids_sat=None, ids_map=None, lead_sat=None, lead_map=None):
+        """Scale-0 tokens of both halves, joint layout (B, 2·first_l, C). ids_*: a leading
+        (condition) half's scale-0 token ids (B, first_l), used where lead_*."""
         sos = cond[:, None, :] + self.pos_start[None]
         n = self.first_l
         out = []
-        for m, look, lead in ((SAT, look_sat, lead_sat), (MAP, look_map, lead_map)):
+        for m, ids, lead in ((SAT, ids_sat, lead_sat), (MAP, ids_map, lead_map)):
             x = sos + self.half_embeddings(0, n, m)[None]
-            if look is not None:
-                x = x + jnp.where(lead[:, None, None], self._words(look, lead), 0.0)
+            if ids is not None:
+                x = x + self._lead(ids, lead)
             out.append(x)
         return jnp.concatenate(out, 1)
 
     def scale_tokens(self, x_sat, x_map, si: int, null_sat=None, null_map=None, lead_sat=None,
-                     lead_map=None):
+                     lead_map=None, ids_sat=None, ids_map=None):
         """Scale-si (>= 1) tokens, joint layout (B, 2pn², C), from each half's input features
-        (B, pn², Cvae); null_*: (B,) bool, that half's input becomes the learned null; lead_*:
-        (B,) bool, that half's input is a lookahead (condition) input."""
+        (B, pn², Cvae); null_*: (B,) bool, that half's input becomes the learned null; ids_*
+        with lead_*: a leading half's own scale-si token ids (B, pn²)."""
         pn = self.patch_nums[si]
         begin = sum(p * p for p in self.patch_nums[:si])
         out = []
-        for m, x, null, lead in ((SAT, x_sat, null_sat, lead_sat), (MAP, x_map, null_map, lead_map)):
-            w = self._words(x, lead)
+        for m, x, null, lead, ids in ((SAT, x_sat, null_sat, lead_sat, ids_sat),
+                                      (MAP, x_map, null_map, lead_map, ids_map)):
+            w = self.word_embed(x.astype(jnp.float32))
+            if ids is not None:
+                w = w + self._lead(ids, lead)
             if null is not None:
                 w = jnp.where(null[:, None, None], self.cond_null[None, None], w)
             out.append(w + self.half_embeddings(begin, begin + pn * pn, m)[None])
         return jnp.concatenate(out, 1)
 
-    def embed_sequence(self, cond, tf_sat, tf_map, null_sat=None, null_map=None, look_sat=None,
-                       look_map=None, lead_sat=None, lead_map=None):
+    def embed_sequence(self, cond, tf_sat, tf_map, null_sat=None, null_map=None, ids_sat=None,
+                       ids_map=None, lead_sat=None, lead_map=None):
         """Teacher-forced input (B, L, C) from c_g and both halves' VAR inputs (B, Σpn²-1, Cvae);
-        a leading half (lead_*, with its lookahead inputs look_* (B, Σpn², Cvae)) uses those."""
+        a leading half (lead_*) also gets the embedding of its own tokens ids_* (B, Σpn²)."""
         n = self.first_l
         sos = cond[:, None, :] + self.pos_start[None]
         halves = []
-        for m, tf, null, look, lead in ((SAT, tf_sat, null_sat, look_sat, lead_sat),
-                                        (MAP, tf_map, null_map, look_map, lead_map)):
-            w = jnp.concatenate([jnp.zeros_like(sos), self._words(tf)], 1)
-            if look is not None:
-                w = jnp.where(lead[:, None, None], self._words(look, lead), w)
+        for m, tf, null, ids, lead in ((SAT, tf_sat, null_sat, ids_sat, lead_sat),
+                                       (MAP, tf_map, null_map, ids_map, lead_map)):
+            w = jnp.concatenate([jnp.zeros_like(sos), self.word_embed(tf.astype(jnp.float32))], 1)
+            if ids is not None:
+                w = w + self._lead(ids, lead)
             if null is not None:
                 later = jnp.arange(self.half_len) >= n
                 w = jnp.where(null[:, None, None] & later[None, :, None], self.cond_null[None, None], w)
@@ -337,20 +331,22 @@ class EarthMapper(nn.Module):
         return self.si_head(h)
 
     def __call__(self, coords, tf_sat, tf_map, *, drop_geo=None, null_sat=None, null_map=None,
-                 look_sat=None, look_map=None, direction=None, deterministic: bool = True):
+                 ids_sat=None, ids_map=None, direction=None, deterministic: bool = True):
         """Teacher-forced pass: (logits (B, L, V) fp32, SI predictions (B, L, si_dim) or None).
 
         direction: optional (B,) int, -1 = joint row, SAT/MAP = a translation row whose
-        condition half is that modality: it gets its lookahead inputs look_* (B, Σpn², Cvae)
+        condition half is that modality: its inputs also carry its own tokens ids_* (B, Σpn²)
         (unless nulled) and the row uses directed_mask."""
         cond = self.condition(coords, drop_geo)
+        if self.is_initializing():  # create the directed-row parameters whatever the inputs
+            self._lead(jnp.zeros((1, 1), jnp.int32), jnp.zeros((1,), bool))
         lead = [None, None]
         if direction is not None:
             for m, null in ((SAT, null_sat), (MAP, null_map)):
                 lead[m] = direction == m
                 if null is not None:
                     lead[m] = lead[m] & ~null
-        x = self.embed_sequence(cond, tf_sat, tf_map, null_sat, null_map, look_sat, look_map,
+        x = self.embed_sequence(cond, tf_sat, tf_map, null_sat, null_map, ids_sat, ids_map,
                                 lead[0], lead[1])
         mask = jnp.asarray(joint_mask(self.patch_nums, self.within_scale))[None, None]
         if direction is not None and self.within_scale != "all":
@@ -544,9 +540,8 @@ def load_frozen(config) -> dict:
     return frozen
 
 
-def _tokens_and_inputs(mc, batch, frozen, lookahead: bool = False):
-    """Per modality (flat tokens (B, Σpn²), VAR inputs (B, Σpn²-1, Cvae), lookahead inputs
-    (B, Σpn², Cvae) or None)."""
+def _tokens_and_inputs(mc, batch, frozen):
+    """Per modality (flat tokens (B, Σpn²), VAR inputs (B, Σpn²-1, Cvae))."""
     from earthmapper_jax.tokenizer.model import VQVAE
 
     if frozen is None or frozen.get("tokenizer") is None:
@@ -565,10 +560,7 @@ def _tokens_and_inputs(mc, batch, frozen, lookahead: bool = False):
         else:
             raise InputError(f"batch has neither {m}_tokens nor {m}_image")
         tf = jax.lax.stop_gradient(tok.apply(tp, idx, method=VQVAE.teacher_forcing_inputs))
-        look = None
-        if lookahead:
-            look = jax.lax.stop_gradient(lookahead_inputs(tok, frozen["tokenizer"], idx, mc.patch_nums))
-        out.append((flat, tf, look))
+        out.append((flat, tf))
     return out
 
 
@@ -599,8 +591,7 @@ def loss_fn(params, batch, rng, config, frozen=None):
     pn = tuple(int(p) for p in mc.patch_nums)
     K = len(pn)
     directed_rate = float(mc.get("directed_rate", 0.0))
-    (sat_flat, tf_sat, look_sat), (map_flat, tf_map, look_map) = _tokens_and_inputs(
-        mc, batch, frozen, lookahead=directed_rate > 0)
+    (sat_flat, tf_sat), (map_flat, tf_map) = _tokens_and_inputs(mc, batch, frozen)
     B = sat_flat.shape[0]
     coords = jnp.asarray(batch["coords"], jnp.float32)
 
@@ -611,7 +602,7 @@ def loss_fn(params, batch, rng, config, frozen=None):
     null_sat, null_map = drop_any & ~which, drop_any & which
     direction = None
     skip_sat, skip_map = null_sat, null_map  # halves without a loss
-    if directed_rate > 0:  # translation rows: the condition half leads by one scale (no loss)
+    if directed_rate > 0:  # translation rows: the condition half shows its own tokens (no loss)
         directed = coord_dropout(r_dir, B, directed_rate)
         cond_m = jax.random.bernoulli(r_lead, 0.5, (B,)).astype(jnp.int32)  # SAT=0 / MAP=1
         direction = jnp.where(directed, cond_m, -1)
@@ -619,7 +610,8 @@ def loss_fn(params, batch, rng, config, frozen=None):
 
     logits, si_pred = module.apply(
         {"params": params}, coords, tf_sat, tf_map, drop_geo=drop_geo, null_sat=null_sat,
-        null_map=null_map, look_sat=look_sat, look_map=look_map, direction=direction,
+        null_map=null_map, ids_sat=sat_flat if direction is not None else None,
+        ids_map=map_flat if direction is not None else None, direction=direction,
         deterministic=False, rngs={"dropout": r_drop})
 
     lay = joint_layout(pn)

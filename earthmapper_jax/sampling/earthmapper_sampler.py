@@ -157,9 +157,8 @@ def sample_joint(module, tok_module, params, tok_params, coords, known, keep, rn
     coords (B, 2); known: (sat, map) flat tokens (B, Σpn²) int32 (ignored where not kept);
     keep: (sat, map) flat bool (B, Σpn²), True = force the known token; knobs: dict of traced
     scalars weights (3,), gamma, alpha_power, beta_min, tau, top_p, temperature.
-    With spec.lead (a directed model translating), the condition half's inputs are its
-    lookahead inputs (earthmapper.lookahead_inputs of its known tokens) and the mask is
-    earthmapper.directed_mask. Returns {"tokens": (sat_maps, map_maps), "images": (sat, map) or None, "logits": ...}.
+    With spec.lead (a directed model translating), the condition half's inputs also carry its
+    own current-scale tokens and the mask is earthmapper.directed_mask. Returns {"tokens": (sat_maps, map_maps), "images": (sat, map) or None, "logits": ...}.
     """
     EM = em.EarthMapper
     p, tp = {"params": params}, {"params": tok_params}
@@ -178,14 +177,13 @@ def sample_joint(module, tok_module, params, tok_params, coords, known, keep, rn
     if cond_m is not None and any(BRANCHES[b][1] for b in spec.branches):
         null[cond_m] = nulled
     cond = module.apply(p, jnp.tile(coords, (nb, 1)), drop_geo, method=EM.condition)
-    look = [None, None]
+    ids = [None, None]  # a leading condition half's token ids of the current scale
     lead = [None, None]
     if spec.lead is not None:
-        look_all = em.lookahead_inputs(tok_module, tok_params, em.split_tokens(known[spec.lead], pns), pns)
-        look_all = jnp.tile(look_all, (nb, 1, 1))
+        ids_all = jnp.tile(known[spec.lead], (nb, 1))
         lead[spec.lead] = ~nulled  # a nulled condition has no inputs to lead with
-        look[spec.lead] = look_all[:, : module.first_l]
-    x = module.apply(p, cond, look[0], look[1], lead[0], lead[1], method=EM.start_tokens)
+        ids[spec.lead] = ids_all[:, : module.first_l]
+    x = module.apply(p, cond, ids[0], ids[1], lead[0], lead[1], method=EM.start_tokens)
     head_dim = module.embed_dim // module.num_heads
     caches = init_caches(module.depth, rows, lay["length"], module.num_heads, head_dim, module.dtype)
 
@@ -240,9 +238,9 @@ def sample_joint(module, tok_module, params, tok_params, coords, known, keep, rn
             xs = [jnp.tile(v.reshape(B, pn2 * pn2, module.cvae), (nb, 1, 1)) for v in nxt]
             if spec.lead is not None:
                 b2 = half_b + n
-                xs[spec.lead] = look_all[:, b2 : b2 + pn2 * pn2]
+                ids[spec.lead] = ids_all[:, b2 : b2 + pn2 * pn2]
             x = module.apply(p, xs[0], xs[1], si + 1, null[0], null[1], lead[0], lead[1],
-                             method=EM.scale_tokens)
+                             ids[0], ids[1], method=EM.scale_tokens)
         half_b += n
 
     images = None
