@@ -129,10 +129,11 @@ def test_d16_params_and_optimizer_state_are_sharded():
         per_device[name] = (params, opt)
     total = per_device["dp"][0]  # replicated: every device holds everything
     assert total > 1.2e9  # fp32 d16 EarthMapper
-    for name, shards in (("fsdp", 8), ("mixed", 4), ("fsdp_tp", 8)):
+    # Slack: vectors stay replicated, and a few matrices have no dimension for "tensor".
+    for name, shards, slack in (("fsdp", 8, 1.02), ("mixed", 4, 1.02), ("fsdp_tp", 8, 1.05)):
         params, opt = per_device[name]
-        assert params <= total / shards * 1.02, (name, params, total)  # + small vectors
-        assert opt <= 2 * total / shards * 1.02  # Adam's mu and nu follow the params
+        assert params <= total / shards * slack, (name, params, total)
+        assert opt <= 2 * total / shards * slack  # Adam's mu and nu follow the params
 
 
 @pytest.mark.slow

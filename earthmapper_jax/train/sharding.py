@@ -63,6 +63,8 @@ PARAM_RULES = (
     (r"(^|/)ada_lin/kernel$", ("embed", "mlp")),
     (r"(^|/)ada_lin/bias$", ("mlp",)),
     (r"(^|/)head/kernel$", ("embed", "vocab")),
+    (r"(^|/)(cond_token_embed|class_emb)/embedding$", ("vocab", "embed")),
+    (r"(^|/)mlp_(in|out)/kernel$", ("mlp", "embed")),
     (r"(^|/)head/bias$", ("vocab",)),
     (r"(^|/)word_embed/kernel$", (None, "embed")),
     (r"(^|/)(pos_1LC|pos_start|lvl_embed/embedding|modality_embed)$", (None, "embed")),
