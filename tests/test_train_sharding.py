@@ -45,8 +45,7 @@ def reference():
 
 
 @pytest.mark.parametrize("mesh_cfg", [
-    {"data": 8}, {"data": 1, "fsdp": 8}, {"data": 2, "fsdp": 4},
-    {"data": 2, "fsdp": 2, "tensor": 2},
+    {"data": 8}, {"data": 1, "fsdp": 8}, {"data": 2, "fsdp": 2, "tensor": 2},
 ])
 def test_meshes_match_one_device(reference, mesh_cfg):
     config, batches, ref_losses, ref_params = reference
