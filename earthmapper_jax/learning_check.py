@@ -9,9 +9,9 @@ and its map: measured on 48 px tiles, knowing the satellite token at a position 
 map token there barely better than the majority token (e.g. 0.13 -> 0.16). The check therefore
 uses a small *fitted semantic* tokenizer that keeps the package's multi-scale residual quantizer
 (teacher-forcing inputs, next-scale inputs, embeddings: the real code paths):
-  pixels -> land-cover class by a nearest-centroid classifier on (RGB, 3×3-mean RGB) fitted on
-  training pixels of both modalities (one centroid per modality and class, so it needs no
-  modality flag; ~70 % right on satellite pixels, ~80 % on map pixels) -> class fractions of
+  pixels -> land-cover class by a Gaussian (QDA) classifier on (RGB, 3×3 and 5×5 box means)
+  fitted on training pixels of both modalities (one Gaussian per modality and class, so it needs
+  no modality flag; ~80 % right on held-out satellite pixels, ~92 % on map pixels) -> class fractions of
   each p×p patch = the (S/p, S/p, 6) feature map -> the residual quantizer, whose codebook is
   k-means of the per-scale residuals (a few Lloyd rounds through the residual loop); Phi off.
 Same-position satellite -> map token lookup then beats the majority token about 2× (V = 64).
@@ -48,25 +48,30 @@ NUM_CLASSES = 6
 
 
 def _pixel_features(images):
-    """(B, H, W, 3) -> (B, H, W, 6): RGB and the 3×3 box mean (edge-replicated)."""
+    """(B, H, W, 3) -> (B, H, W, 9): RGB and its 3×3 and 5×5 box means (edge-replicated)."""
     x = np.asarray(images, np.float32)
-    pad = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
     H, W = x.shape[1:3]
-    mean = sum(pad[:, i:i + H, j:j + W] for i in range(3) for j in range(3)) / 9.0
-    return np.concatenate([x, mean], -1)
+    out = [x]
+    for r in (1, 2):
+        pad = np.pad(x, ((0, 0), (r, r), (r, r), (0, 0)), mode="edge")
+        out.append(sum(pad[:, i:i + H, j:j + W] for i in range(2 * r + 1) for j in range(2 * r + 1)) / (2 * r + 1) ** 2)
+    return np.concatenate(out, -1)
 
 
 class SemanticTokenizer(tok_lib.Tokenizer):
     """A Tokenizer whose encoder is a fixed pixel classifier + patch class fractions."""
 
-    def __init__(self, params, config, centroids, centroid_class):
+    def __init__(self, params, config, gaussians):
         super().__init__(params, config)
-        self.centroids, self.centroid_class = centroids.astype(np.float32), centroid_class
+        self.gaussians = gaussians  # (means (G, d), inverse covariances (G, d, d), logdets (G,), class (G,))
 
     def classify(self, images):
+        """Per-pixel class: the most likely of one Gaussian per (modality, class) (QDA)."""
+        mean, inv, logdet, cls = self.gaussians
         f = _pixel_features(images)
-        d = np.square(f[..., None, :] - self.centroids).sum(-1)
-        return self.centroid_class[d.argmin(-1)]
+        d = f[..., None, :] - mean
+        score = np.einsum("...gd,gde,...ge->...g", d, inv, d) + logdet
+        return cls[score.argmin(-1)]
 
     def features(self, images):
         B, H, W, _ = np.shape(images)
@@ -97,19 +102,26 @@ def _kmeans(x, k, rng, iters=10):
 def fit_tokenizer(sat, mp, labels, vocab=64, rounds=3, seed=0) -> SemanticTokenizer:
     """Fits the classifier (on `labels`, the shared class raster) and the residual codebook."""
     rng = np.random.default_rng(seed)
-    cents, cls = [], []
+    mean, inv, logdet, cls = [], [], [], []
+    y = labels.reshape(-1)
     for images in (sat, mp):
-        f = _pixel_features(images).reshape(-1, 6)
-        y = labels.reshape(-1)
+        f = _pixel_features(images)
+        f = f.reshape(-1, f.shape[-1])
         for c in range(NUM_CLASSES):
-            if (y == c).any():
-                cents.append(f[y == c].mean(0))
+            fc = f[y == c]
+            if len(fc) > f.shape[1]:
+                cov = np.cov(fc.T) + 1e-3 * np.eye(f.shape[1])
+                mean.append(fc.mean(0))
+                inv.append(np.linalg.inv(cov))
+                logdet.append(np.linalg.slogdet(cov)[1])
                 cls.append(c)
+    gaussians = (np.stack(mean).astype(np.float32), np.stack(inv).astype(np.float32),
+                 np.asarray(logdet, np.float32), np.asarray(cls))
     cfg = dict(ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, using_sa=False, using_mid_sa=False,
                vocab_size=vocab, z_channels=NUM_CLASSES, image_size=IMAGE, patch_nums=PATCH_NUMS,
                quant_resi=0.0)
     params = dict(tok_lib.init_params(cfg, jax.random.key(seed)))
-    tok = SemanticTokenizer(params, cfg, np.stack(cents), np.asarray(cls))
+    tok = SemanticTokenizer(params, cfg, gaussians)
     f = jnp.concatenate([tok.features(sat), tok.features(mp)])
     g, z = f.shape[1], f.shape[-1]
     codebook = _kmeans(np.concatenate([np.asarray(area_resize(f, pn)).reshape(-1, z) for pn in PATCH_NUMS]), vocab, rng)
