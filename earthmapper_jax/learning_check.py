@@ -196,7 +196,9 @@ def train(tok, tokens_sat, tokens_map, coords, *, steps, batch=32, lr=2e-3, dept
 
 
 def evaluate(model, sat, mp, coords, train_map_tokens, **sample_kw):
-    """Held-out sat->map figures: token accuracy and pixel RMSE of the model and baselines."""
+    """Held-out sat->map figures of the model and the baselines: token accuracy (overall and
+    per scale) and patch-class accuracy of the decoded map (against the tokenizer's own
+    reconstruction of the real map)."""
     tok = model.tokenizer
     pns = tuple(model.config.patch_nums)
     true = tokens_of(tok, mp)
@@ -219,4 +221,21 @@ def evaluate(model, sat, mp, coords, train_map_tokens, **sample_kw):
         out[f"acc_{name}_per_scale"] = [float((t[:, off[k]:off[k + 1]] == true[:, off[k]:off[k + 1]]).mean())
                                         for k in range(len(pns))]
         out[f"class_acc_{name}"] = float((tok.patch_classes(em.split_tokens(jnp.asarray(t), pns)) == true_cls).mean())
+    return out
+
+
+def run(*, n_train=1600, n_test=64, steps=300, vocab=16, seed=0, log=None, sample_kw=None, **train_kw):
+    """Data -> fitted tokenizer -> training -> held-out figures (dict, with timings)."""
+    t0 = time.time()
+    sat, mp, coords, labels = make_data(n_train + n_test, seed=seed)
+    tr, te = slice(0, n_train), slice(n_train, n_train + n_test)
+    tok = fit_tokenizer(sat[tr], mp[tr], labels[tr], vocab=vocab, seed=seed)
+    ts, tm = tokens_of(tok, sat[tr]), tokens_of(tok, mp[tr])
+    t_prep = time.time() - t0
+    defaults = dict(within_scale="group", init_adaln_gamma=1.0, directed_rate=0.5)
+    defaults.update(train_kw)
+    model, t_train, last = train(tok, ts, tm, coords[tr], steps=steps, seed=seed, log=log, **defaults)
+    out = evaluate(model, sat[te], mp[te], coords[te], tm, **(sample_kw or {}))
+    out.update(seconds_prep=t_prep, seconds_train=t_train, seconds_total=time.time() - t0,
+               train_last=last, settings=dict(n_train=n_train, n_test=n_test, steps=steps, vocab=vocab, **defaults))
     return out
