@@ -69,9 +69,12 @@ class SemanticTokenizer(tok_lib.Tokenizer):
         """Per-pixel class: the most likely of one Gaussian per (modality, class) (QDA)."""
         mean, inv, logdet, cls = self.gaussians
         f = _pixel_features(images)
-        d = f[..., None, :] - mean
-        score = np.einsum("...gd,gde,...ge->...g", d, inv, d) + logdet
-        return cls[score.argmin(-1)]
+        chol = np.linalg.cholesky(inv)  # (f - m)ᵀ inv (f - m) = |(f - m) chol|², one matmul
+        G, d = mean.shape
+        proj = f.reshape(-1, d) @ chol.transpose(1, 0, 2).reshape(d, G * d)
+        proj = proj.reshape(-1, G, d) - np.einsum("gd,gde->ge", mean, chol)
+        score = np.square(proj).sum(-1) + logdet
+        return cls[score.argmin(-1)].reshape(f.shape[:-1])
 
     def features(self, images):
         B, H, W, _ = np.shape(images)

@@ -223,8 +223,7 @@ class EarthMapper(nn.Module):
         self.modality_embed = self.param("modality_embed", nn.initializers.zeros, (2, C), jnp.float32)
         self.cond_null = self.param("cond_null", tn, (C,), jnp.float32)
         # directed rows: the condition half also sees its own current-scale token ids
-        self.cond_token_embed = nn.Embed(self.vocab_size, C, embedding_init=nn.initializers.zeros,
-                                         name="cond_token_embed")
+        self.cond_token_embed = nn.Embed(self.vocab_size, C, embedding_init=tn, name="cond_token_embed")
         self.lead_embed = self.param("lead_embed", nn.initializers.zeros, (C,), jnp.float32)
         if self.shared_aln:
             self.shared_ada_lin = nn.Dense(6 * C, dtype=self.dtype, kernel_init=tn, name="shared_ada_lin")
