@@ -227,7 +227,7 @@ def evaluate(model, sat, mp, coords, train_map_tokens, **sample_kw):
     return out
 
 
-def run(*, n_train=1600, n_test=64, steps=300, vocab=16, seed=0, log=None, sample_kw=None, **train_kw):
+def run(*, n_train=2400, n_test=64, steps=400, vocab=16, seed=0, log=None, sample_kw=None, **train_kw):
     """Data -> fitted tokenizer -> training -> held-out figures (dict, with timings)."""
     t0 = time.time()
     sat, mp, coords, labels = make_data(n_train + n_test, seed=seed)

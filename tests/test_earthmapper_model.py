@@ -133,29 +133,64 @@ def test_cached_joint_generation_equals_teacher_forcing_with_complexity(model):
                                        err_msg=f"scale {si} modality {m}")
 
 
-def test_cached_translation_equals_teacher_forcing_all_terms(model):
+@pytest.mark.parametrize("directed_rate", [0.0, 0.5])
+def test_cached_translation_equals_teacher_forcing_all_terms(model, directed_rate):
+    """sat->map with all three CFG terms; with directed_rate > 0 the satellite half is a
+    directed condition (its own tokens shown, directed mask), else the paper's joint rows."""
+    model = Model(dict(model.config.to_dict(), directed_rate=directed_rate), model.params, model.tokenizer)
     coords = jnp.array([[30.0, 120.0], [1.0, 2.0]])
     sat_real = _tokens(3)
     zero = jnp.zeros((2, LH), jnp.int32)
-    out = _run(model, coords, (sat_real, zero), (jnp.ones((2, LH), bool), jnp.zeros((2, LH), bool)),
-               ("cond", "free"), (1.0, 2.0, 0.5), False, ("full", "nogeo", "nocond", "uncond"))
+    from earthmapper_jax.models.var_mode import tokenizer_parts
+
+    tok_module, tok_params = tokenizer_parts(model.tokenizer)
+    lead = em.SAT if directed_rate else None
+    spec = S.Spec(roles=("cond", "free"), branches=("full", "nogeo", "nocond", "uncond"), top_k=20,
+                  complexity=False, kpf=False, decode=False, return_logits=True, lead=lead)
+    knobs = dict(weights=jnp.asarray((1.0, 2.0, 0.5)), gamma=jnp.float32(1.0), alpha_power=jnp.float32(1.0),
+                 beta_min=jnp.float32(0.5), tau=jnp.float32(2.0), top_p=jnp.float32(0.0),
+                 temperature=jnp.float32(1.0))
+    out = jax.jit(lambda p, tp: S.sample_joint(
+        model.module, tok_module, p, tp, coords, (sat_real, zero),
+        (jnp.ones((2, LH), bool), jnp.zeros((2, LH), bool)), jax.random.key(7), knobs, spec=spec))(
+        model.params, tok_params)
     sat_out, mp = (em.flatten_tokens(t) for t in out["tokens"])
     np.testing.assert_array_equal(np.asarray(sat_out), np.asarray(sat_real))  # condition kept exactly
     tf_sat, tf_map = _tf(model, sat_real), _tf(model, mp)
     nan = jnp.full_like(coords, np.nan)
     yes = jnp.ones((2,), bool)
+    extra = {} if lead is None else dict(direction=jnp.zeros((2,), jnp.int32), ids_sat=sat_real)
 
     def map_half(c, null_sat=None):
-        lg = model.module.apply({"params": model.params}, c, tf_sat, tf_map, null_sat=null_sat)[0]
+        lg = model.module.apply({"params": model.params}, c, tf_sat, tf_map, null_sat=null_sat, **extra)[0]
         return em.from_joint(lg, PN)[1]
 
     F, A, Bc, U = map_half(coords), map_half(nan), map_half(coords, yes), map_half(nan, yes)
+    assert float(jnp.abs(F - Bc).max()) > 1e-3  # the condition matters
     for si in range(len(PN)):
         sl = lambda x: _scale_slice(x, si)  # noqa: E731
         want = G.multi_term_cfg(sl(F), (1.0, 2.0, 0.5), G.ramp(si, len(PN)),
                                 nogeo=sl(A), nocond=sl(Bc), uncond=sl(U))
         np.testing.assert_allclose(np.asarray(out["logits"][si][em.MAP]), np.asarray(want), rtol=0,
                                    atol=3e-5, err_msg=f"scale {si}")
+
+
+def test_directed_rows_see_the_condition_of_their_own_scale(model):
+    """Directed mask + condition ids: the target at scale k changes when the condition's
+    scale-k tokens change (joint rows cannot see them); nothing leaks to coarser scales."""
+    lay = em.joint_layout(PN)
+    dm = em.directed_mask(PN, "group", em.SAT)
+    assert not (dm & (lay["scale"][None, :] > lay["scale"][:, None])).any()
+    sat, mp = _tokens(8), _tokens(9)
+    k = 3
+    hb, n, jb = sum(p * p for p in PN[:k]), PN[k] ** 2, lay["begins"][k]
+    sat2 = sat.at[:, hb : hb + n].set((sat[:, hb : hb + n] + 1) % TOK_CFG["vocab_size"])
+    coords = jnp.array([[1.0, 2.0], [3.0, 4.0]])
+    d = dict(direction=jnp.zeros((2,), jnp.int32))
+    a = model.module.apply({"params": model.params}, coords, _tf(model, sat), _tf(model, mp), ids_sat=sat, **d)[0]
+    b = model.module.apply({"params": model.params}, coords, _tf(model, sat2), _tf(model, mp), ids_sat=sat2, **d)[0]
+    np.testing.assert_array_equal(np.asarray(a[:, :jb]), np.asarray(b[:, :jb]))
+    assert float(jnp.abs(a[:, jb + n : jb + 2 * n] - b[:, jb + n : jb + 2 * n]).max()) > 1e-4
 
 
 def test_inpainting_keeps_known_tokens(model, tok):

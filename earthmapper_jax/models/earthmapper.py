@@ -372,7 +372,7 @@ def model_config(name: str = "d16", **overrides) -> ml_collections.ConfigDict:
     c.geo_hidden = 0               # geo MLP hidden width; 0 = embed_dim
     c.coord_drop_rate = 0.1        # coordinates -> learned null (CFG), as VAR's label dropout
     c.cond_drop_rate = 0.1         # one modality's inputs -> learned null (condition CFG terms)
-    c.directed_rate = 0.0          # share of rows trained as translations with a leading condition
+    c.directed_rate = 0.5          # share of rows trained as translations (0 = the paper's pure joint model)
     c.si_layer = max(1, c.depth // 3) if name != "tiny" else 1  # 1-based; 0 = no SI
     c.si_weight = semantic.DEFAULT_WEIGHT
     c.si_loss = "mse"              # the paper's squared error; "cosine" = REPA's
