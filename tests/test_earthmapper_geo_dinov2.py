@@ -75,3 +75,25 @@ def test_dinov2_bad_state_dict(tmp_path):
     save_state_dict(tmp_path / "x.pth", {"foo": np.zeros(3, np.float32)})
     with pytest.raises(CheckpointError, match="not a DINOv2 state dict"):
         dinov2.load_dinov2(tmp_path / "x.pth")
+
+
+def test_semantic_targets_and_loss():
+    from earthmapper_jax.models import semantic
+
+    dino = dinov2.DinoV2(**dinov2.VARIANTS["test_tiny"])
+    params = dino.init(jax.random.PRNGKey(0), jnp.zeros((1, 56, 56, 3)))["params"]
+    images = np.random.default_rng(0).uniform(-1, 1, (3, 48, 48, 3)).astype(np.float32)
+    grids = semantic.precompute_grids(images, dino, params, batch_size=2, size=56, progress=False)
+    assert grids.shape == (3, 4, 4, 32) and grids.dtype == np.float16
+    t = semantic.targets_from_grid(grids, (1, 2, 4))
+    assert t.shape == (3, 1 + 4 + 16, 32)
+    np.testing.assert_allclose(t[:, 0], grids.astype(np.float32).mean((1, 2)), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(t[:, 5:], grids.reshape(3, 16, 32), rtol=1e-6)
+    # per-scale mean, then mean over scales (each scale weighs the same)
+    per_tok = jnp.concatenate([jnp.zeros((1, 1)), jnp.ones((1, 4)), 3 * jnp.ones((1, 16))], 1)
+    total, per_scale = semantic.scale_mean(per_tok, np.array([0] + [1] * 4 + [2] * 16), 3)
+    np.testing.assert_allclose(per_scale, [0, 1, 3])
+    assert float(total) == pytest.approx(4 / 3)
+    a = jnp.array([[1.0, 0.0]])
+    np.testing.assert_allclose(semantic.per_token_loss(a, 2 * a, "cosine"), [0.0], atol=1e-6)
+    np.testing.assert_allclose(semantic.per_token_loss(a, 2 * a, "mse"), [0.5])

@@ -242,6 +242,16 @@ def test_loss_and_var_init(model, tok, tmp_path):
     assert {"ce_sat", "ce_map", "acc_sat", "acc_map", f"ce_scale_{len(PN) - 1}", "acc_scale_0"} <= set(metrics)
     np.testing.assert_allclose(float(loss), float(metrics["ce"]) + 0.5 * float(metrics["si_loss"]), rtol=1e-5)
 
+    # images tokenised on the fly, SI targets from a (random, test-size) DINOv2 on the fly
+    from earthmapper_jax.models.dinov2 import VARIANTS, DinoV2
+
+    dino = DinoV2(**VARIANTS[mc.si_encoder])
+    frozen["dinov2"] = dino.init(jax.random.key(6), jnp.zeros((1, mc.si_image_size, mc.si_image_size, 3)))["params"]
+    imgs = np.random.default_rng(3).uniform(-1, 1, (2, S_PX, S_PX, 3)).astype(np.float32)
+    batch = {"sat_image": imgs, "map_image": imgs[::-1], "coords": batch["coords"]}
+    loss2, m2 = jax.jit(lambda p, b, r: em.loss_fn(p, b, r, {"model": mc}, frozen))(params, batch, jax.random.key(0))
+    assert np.isfinite(float(loss2)) and float(m2["si_loss"]) > 0
+
 
 def test_load_logits_and_tokenizer_mismatch(model, tok, tmp_path):
     import earthmapper_jax

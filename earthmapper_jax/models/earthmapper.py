@@ -513,6 +513,13 @@ def _tokenizer_module_at(directory: str):
 
 
 def _tokenizer_module(mc):
+    """The frozen tokenizer's Linen module: from config.model.tokenizer_config (a dict) when
+    present, else from the config.json in config.model.tokenizer_dir (read once)."""
+    from earthmapper_jax.tokenizer import model as tok_model
+
+    if mc.get("tokenizer_config", None):
+        return tok_model.build(mc.tokenizer_config.to_dict() if hasattr(mc.tokenizer_config, "to_dict")
+                               else dict(mc.tokenizer_config))
     if not mc.get("tokenizer_dir", None):
         raise InputError("config.model.tokenizer_dir is not set; expected a tokenizer directory")
     return _tokenizer_module_at(str(mc.tokenizer_dir))

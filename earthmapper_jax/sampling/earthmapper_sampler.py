@@ -18,7 +18,7 @@ Public API (re-exported by earthmapper_jax.sampling):
         condition: optional images of the other modality, teacher-forced (e.g. repaint a
         satellite region under a known map); otherwise the other modality is generated jointly.
 
-    options (all keyword):
+    options (all keyword; `**config.sampling` of configs/earthmapper.py works as is):
         guidance=(w_geo, w_cond, w_both)  multi-term CFG weights (guidance.multi_term_cfg);
                      default: the paper's best triples, (2, 2, 2) sat2map, (8, 8, 8) map2sat
                      and for generate / inpaint (0, 0, 4) (plain CFG 4 against the null
@@ -185,7 +185,8 @@ def sample_joint(module, tok_module, params, tok_params, coords, known, keep, rn
         ids[spec.lead] = ids_all[:, : module.first_l]
     x = module.apply(p, cond, ids[0], ids[1], lead[0], lead[1], method=EM.start_tokens)
     head_dim = module.embed_dim // module.num_heads
-    caches = init_caches(module.depth, rows, lay["length"], module.num_heads, head_dim, module.dtype)
+    caches = init_caches(module.depth, rows, lay["length"], module.num_heads, head_dim, module.dtype,
+                         stacked=module.scan_layers)
 
     full = pns[-1]
     f_hat = [jnp.zeros((B, full, full, module.cvae), jnp.float32) for _ in range(2)]
@@ -258,6 +259,12 @@ def sample_joint(module, tok_module, params, tok_params, coords, known, keep, rn
 
 
 def _options(kind: str, opts: dict) -> dict:
+    """Checked options with defaults; a sampling config's guidance_<kind> keys are accepted
+    (guidance_sat2map / guidance_map2sat / guidance_joint: the one of this call is used)."""
+    opts = dict(opts)
+    per_kind = {k: opts.pop(k) for k in list(opts) if k.startswith("guidance_") and k[9:] in DEFAULT_GUIDANCE}
+    if opts.get("guidance") is None and f"guidance_{kind}" in per_kind:
+        opts["guidance"] = per_kind[f"guidance_{kind}"]
     unknown = sorted(set(opts) - set(DEFAULTS) - {"guidance"})
     if unknown:
         raise InputError(f"unknown sampling option(s) {unknown}; expected some of {sorted(DEFAULTS) + ['guidance']}")

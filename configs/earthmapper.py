@@ -1,0 +1,64 @@
+"""EarthMapper model + sampling configs (the training fields live in configs/earthmapper_train.py).
+
+    get_config("d24")   the paper: depth 24 (VAR-d24 shapes, init from VAR-d24), 256², 10 scales
+    get_config("d16")   depth 16 (VAR-d16); also "d20", "d30"
+    get_config("ny")    d24 for the pix2pix New York maps: no coordinates (every tile uses the
+                        learned null), the paper's New York guidance triples
+    get_config("tiny")  CPU tests / demo: depth 2, width 128, 6 scales (the 128 px tiny tokenizer)
+
+config.model: the model fields (models/earthmapper.py `model_config`; saved with every model
+directory). The GJSA-specific ones:
+    within_scale     "group" (default, the paper: the satellite and map blocks of a scale do not
+                     see each other) | "all" | "ordered"
+    directed_rate    0.5: share of training rows trained as translations (the condition half
+                     also shows its own current-scale tokens, the target attends to it within the
+                     scale; no loss on the condition). 0 = the paper's pure joint model, which the
+                     CPU learning check measured translating no better than generating from
+                     coordinates alone (docs/earthmapper.md).
+    coord_drop_rate, cond_drop_rate   CFG training dropout of coordinates / of one half
+    geo_num_freqs, geo_hidden          SinEmbed frequencies (2^0..2^15 cycles/360°), MLP width
+    si_layer, si_weight (σ = 0.5), si_loss ("mse" | "cosine"), si_encoder (DINOv2 variant),
+    si_dinov2 (official .pth for on-the-fly targets), si_image_size, si_hidden
+    tokenizer_dir, var_init            frozen tokenizer directory, converted VAR to start from
+config.sampling: defaults of the sampler (sampling/earthmapper_sampler.py): top-k 100, top-p 0.55
+(the paper), guidance triples (w_geo, w_cond, w_both) per direction, Complexity Guidance,
+Key Point Force threshold (off).
+
+Run (prints the config):
+    .venv/bin/python -c "import configs.earthmapper as c; print(c.get_config('d24'))"
+"""
+
+import ml_collections
+
+from earthmapper_jax.models.earthmapper import model_config
+
+NAMES = ("tiny", "d16", "d20", "d24", "d30", "ny")
+
+
+def sampling_config(sat2map=(2.0, 2.0, 2.0), map2sat=(8.0, 8.0, 8.0)) -> ml_collections.ConfigDict:
+    """Sampler defaults; the triples are the paper's best New York values (Tables IV, V)."""
+    return ml_collections.ConfigDict({
+        "top_k": 100,
+        "top_p": 0.55,
+        "temperature": 1.0,
+        "guidance_sat2map": tuple(sat2map),
+        "guidance_map2sat": tuple(map2sat),
+        "guidance_joint": (0.0, 0.0, 4.0),
+        "complexity": True,
+        "gamma": 1.0,
+        "alpha_power": 1.0,
+        "beta_min": 0.5,
+        "kpf_tau": ml_collections.config_dict.placeholder(float),
+    })
+
+
+def get_config(arg=None):
+    name = str(arg or "d24")
+    if name not in NAMES:
+        raise ValueError(f"earthmapper config arg must be one of {NAMES}, got {name!r}")
+    config = ml_collections.ConfigDict()
+    config.model = model_config("d24" if name == "ny" else name)
+    config.sampling = sampling_config()
+    if name == "ny":
+        config.model.coord_drop_rate = 0.0  # no coordinates at all: c_g is always the null
+    return config
