@@ -1,4 +1,4 @@
-"""CPU learning check (~2-3 min): a tiny EarthMapper (depth 2, width 128) trained 400 steps on
+"""CPU learning check (~2-3 min): a tiny EarthMapper (depth 2, width 64) trained 800 steps on
 2400 synthetic 48 px pairs translates 64 held-out tiles sat->map clearly better than the
 trivial baselines. Setup and baselines: earthmapper_jax/learning_check.py (fitted semantic
 tokenizer, V = 16; `majority` = the most frequent training map token of each scale,
@@ -14,10 +14,15 @@ from earthmapper_jax import learning_check
 @pytest.mark.slow
 def test_tiny_model_learns_sat_to_map():
     r = learning_check.run()
+    per_scale = {k: sum(r[f"acc_{k}_per_scale"]) / len(r[f"acc_{k}_per_scale"])
+                 for k in ("model", "coords_only", "majority")}
     summary = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()
                if k.startswith(("acc_", "class_acc_", "seconds"))}
+    summary["mean_per_scale"] = {k: round(v, 3) for k, v in per_scale.items()}
     print(summary)
-    assert r["class_acc_model"] >= r["class_acc_majority"] + 0.05, summary
-    assert r["class_acc_model"] >= r["class_acc_coords_only"] + 0.05, summary
-    assert r["acc_model"] >= r["acc_coords_only"] + 0.04, summary
-    assert r["acc_model"] >= r["acc_majority"], summary
+    # measured here: class 0.65 vs 0.433 coords-only / 0.267 majority; token accuracy averaged
+    # over the scales 0.55 vs 0.41 / 0.44 (over all tokens 0.428 vs 0.357 / 0.412); data seeds
+    # 1 and 2 keep the order (docs/earthmapper.md)
+    assert r["class_acc_model"] >= max(r["class_acc_majority"], r["class_acc_coords_only"]) + 0.1, summary
+    assert per_scale["model"] >= max(per_scale["majority"], per_scale["coords_only"]) + 0.05, summary
+    assert r["acc_model"] >= r["acc_coords_only"] + 0.03, summary

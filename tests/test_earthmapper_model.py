@@ -218,6 +218,18 @@ def test_translate_api_greedy_deterministic(model):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def test_scanned_and_bf16_samplers(model):
+    """scan_layers gives the same greedy translation; the bf16 sampler runs and stays in range."""
+    images = np.random.default_rng(4).uniform(-1, 1, (1, S_PX, S_PX, 3)).astype(np.float32)
+    kw = dict(top_k=1, top_p=0.0, guidance=(0.0, 0.0, 0.0), decode=False)
+    a, _ = S.translate(model, images, "map2sat", jax.random.key(0), **kw)
+    b, _ = S.translate(model.with_config(scan_layers=True), images, "map2sat", jax.random.key(0), **kw)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    (sm, mm), _ = S.generate(model, [[10.0, 20.0]], jax.random.key(1), dtype="bfloat16", decode=False)
+    assert all(int(t.max()) < TOK_CFG["vocab_size"] and t.dtype == jnp.int32 for t in sm + mm)
+
+
 # ----------------------------------------------------------------------------- training / init / loading
 
 

@@ -28,7 +28,8 @@ def register(subparsers):
     p.add_argument("--checkpoint", required=True, metavar="DIR", help="EarthMapper model directory")
     p.add_argument("--direction", required=True, help="sat2map or map2sat")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
-    p.add_argument("--coords", default=None, metavar="LAT,LON", help="tile coordinates in degrees")
+    p.add_argument("--coords", default=None, metavar="LAT,LON",
+                   help="tile coordinates in degrees (negative first value: --coords=-33.9,151.2)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", default=None, metavar="W_GEO,W_COND,W_BOTH",

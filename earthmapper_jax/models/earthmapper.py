@@ -50,11 +50,24 @@ its own scale
           Eq. 10's p(r_k | r_<k, c_g).
   "ordered": the map block sees the satellite block of its scale, not the reverse.
 
+Directed rows (config directed_rate, default 0.5; 0 = the paper's pure joint model). In joint
+rows a target token of scale k sees the condition only up to scale k-1, the resolution its own
+exact teacher-forced history already has, and the CPU learning check measured the pure joint
+model translating exactly as well as generating from coordinates alone (docs/earthmapper.md).
+A directed row picks one half as the condition: its inputs also carry the embedding of its own
+current-scale tokens (cond_token_embed (V, C) + lead_embed), the target half attends to it
+inside the scale (directed_mask: "ordered", condition first) and only the target is in the
+loss. translate() and inpaint(condition=...) sample in this layout; generate() in the joint one.
+
 Condition dropout for multi-term CFG: with prob coord_drop_rate a sample's coordinates become
 the learned null (c_g = null); with prob cond_drop_rate one modality (chosen at random) has
 its inputs at scales >= 1 replaced by a learned null embedding and its tokens excluded from the
 loss: the other half learns p(target | coordinates) without the condition image, the
 "nocond"/"uncond" branches of the sampler.
+
+Parameters (beyond VAR's word_embed, pos_start, pos_1LC, lvl_embed, blocks, head_nm, head):
+geo/{mlp_in, mlp_out, null}, modality_embed (2, C), cond_null (C,), cond_token_embed (V, C),
+lead_embed (C,), [si_head/{fc1, fc2, fc3}].
 """
 
 from __future__ import annotations
@@ -70,11 +83,12 @@ import numpy as np
 
 from earthmapper_jax.errors import CheckpointError, InputError
 from earthmapper_jax.models import semantic
-from earthmapper_jax.models.attention import IMPLEMENTATIONS, var_trunc_normal
-from earthmapper_jax.models.blocks import REMAT_POLICIES, AdaLNBeforeHead, BlockStack, LogitsHead
+from earthmapper_jax.models.attention import var_trunc_normal
+from earthmapper_jax.models.blocks import AdaLNBeforeHead, BlockStack, LogitsHead
 from earthmapper_jax.models.geo import GeoEmbed, coord_dropout
 from earthmapper_jax.models.masks import WITHIN_SCALE_CHOICES, block_causal_mask, scale_ids
 from earthmapper_jax.models.var import DTYPES, resolved_init_std, var_config
+from earthmapper_jax.models.var import check_config as var_check_config
 
 SAT, MAP = 0, 1
 MODALITIES = ("sat", "map")
@@ -175,9 +189,7 @@ def split_tokens(flat, patch_nums: Sequence[int]) -> list:
 
 
 class EarthMapper(nn.Module):
-    """GJSA transformer (see module doc). Params: word_embed, geo/..., pos_start (first_l, C),
-    pos_1LC (Σpn², C), lvl_embed/embedding (K, C), modality_embed (2, C), cond_null (C,),
-    [shared_ada_lin], blocks/..., head_nm/..., head/..., [si_head/...]."""
+    """GJSA transformer (see module doc for the layout and the parameters)."""
 
     depth: int
     embed_dim: int
@@ -399,15 +411,7 @@ def dinov2_variants():
 
 def check_config(c) -> None:
     """One-line InputError for settings that cannot form an EarthMapper model."""
-    if c.embed_dim % c.num_heads:
-        raise InputError(f"embed_dim {c.embed_dim} is not a multiple of num_heads {c.num_heads}")
-    if c.dtype not in DTYPES:
-        raise InputError(f"dtype {c.dtype!r}; expected one of {sorted(DTYPES)}")
-    for key in ("attention", "sample_attention"):
-        if c.get(key, "xla") not in IMPLEMENTATIONS:
-            raise InputError(f"{key}={c.get(key)!r}; expected one of {IMPLEMENTATIONS}")
-    if c.remat not in REMAT_POLICIES:
-        raise InputError(f"remat={c.remat!r}; expected one of {REMAT_POLICIES}")
+    var_check_config(c)  # width/heads, dtype, attention kernels, remat, patch_nums
     if c.within_scale not in WITHIN_SCALE_CHOICES:
         raise InputError(f"within_scale={c.within_scale!r}; expected one of {WITHIN_SCALE_CHOICES}")
     if not 0 <= int(c.si_layer) <= int(c.depth):
@@ -416,9 +420,11 @@ def check_config(c) -> None:
         raise InputError(f"si_encoder={c.si_encoder!r}; expected one of {sorted(dinov2_variants())}")
     if c.si_loss not in semantic.SI_LOSSES:
         raise InputError(f"si_loss={c.si_loss!r}; expected one of {semantic.SI_LOSSES}")
-    for key, top in (("coord_drop_rate", 1.0), ("cond_drop_rate", 1.0), ("directed_rate", 1.0 + 1e-9)):
-        if not 0.0 <= float(c.get(key, 0.0)) < top:
+    for key in ("coord_drop_rate", "cond_drop_rate"):
+        if not 0.0 <= float(c.get(key, 0.0)) < 1.0:
             raise InputError(f"{key}={c.get(key)}; expected a probability in [0, 1)")
+    if not 0.0 <= float(c.get("directed_rate", 0.0)) <= 1.0:
+        raise InputError(f"directed_rate={c.get('directed_rate')}; expected a probability in [0, 1]")
 
 
 def build(c, **overrides) -> EarthMapper:

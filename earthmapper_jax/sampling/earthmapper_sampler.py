@@ -158,7 +158,9 @@ def sample_joint(module, tok_module, params, tok_params, coords, known, keep, rn
     keep: (sat, map) flat bool (B, Σpn²), True = force the known token; knobs: dict of traced
     scalars weights (3,), gamma, alpha_power, beta_min, tau, top_p, temperature.
     With spec.lead (a directed model translating), the condition half's inputs also carry its
-    own current-scale tokens and the mask is earthmapper.directed_mask. Returns {"tokens": (sat_maps, map_maps), "images": (sat, map) or None, "logits": ...}.
+    own current-scale tokens and the mask is earthmapper.directed_mask.
+    Returns {"tokens": (sat_maps, map_maps), "images": (sat, map) or None, ["logits": per scale
+    {modality: guided logits (B, pn², V)}]}.
     """
     EM = em.EarthMapper
     p, tp = {"params": params}, {"params": tok_params}

@@ -24,7 +24,6 @@ from typing import Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-GUIDANCE_TERMS = ("geo", "cond", "both")
 
 
 def ramp(si: int, num_scales: int) -> float:
