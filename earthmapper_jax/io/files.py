@@ -6,6 +6,8 @@ run never leaves a half-written file under a name a later run would trust.
 
     atomic_path(path)            context manager -> a temporary sibling path (same suffix);
                                  renamed to `path` on success, removed on error
+    temp_sibling(path)           the temporary sibling itself, for a writer that streams into
+                                 it and renames it later (TFRecord shards)
     atomic_open(path, mode="wb") context manager -> an open file object, same rules
     write_bytes(path, data) / write_text(path, text) / write_json(path, obj)
     atomic_dir(path, overwrite=False)
@@ -35,14 +37,21 @@ def is_remote(path) -> bool:
     return "://" in str(path)
 
 
-@contextlib.contextmanager
-def atomic_path(path) -> Iterator[pathlib.Path]:
-    """A temporary path beside `path` (same suffix, so format-by-extension writers work)."""
+def temp_sibling(path) -> pathlib.Path:
+    """A new empty file beside `path` under a temporary name (same suffix); the caller renames
+    it over `path` or removes it."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_TAG}", suffix=path.suffix, dir=path.parent)
     os.close(fd)
-    tmp = pathlib.Path(tmp)
+    return pathlib.Path(tmp)
+
+
+@contextlib.contextmanager
+def atomic_path(path) -> Iterator[pathlib.Path]:
+    """A temporary path beside `path` (same suffix, so format-by-extension writers work)."""
+    path = pathlib.Path(path)
+    tmp = temp_sibling(path)
     try:
         yield tmp
         os.replace(tmp, path)
