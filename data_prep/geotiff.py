@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_prep import xyz
+from earthmapper_jax.data_prep import xyz
 
 TAG_PIXEL_SCALE = 33550
 TAG_TIEPOINT = 33922
