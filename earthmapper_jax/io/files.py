@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import pathlib
+import secrets
 import shutil
 import tempfile
 from typing import Iterator
@@ -39,12 +40,17 @@ def is_remote(path) -> bool:
 
 def temp_sibling(path) -> pathlib.Path:
     """A new empty file beside `path` under a temporary name (same suffix); the caller renames
-    it over `path` or removes it."""
+    it over `path` or removes it. Its mode is what `open(path, "w")` would give (0666 less the
+    umask), not mkstemp's private 0600: the renamed file is a dataset or an export others read."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_TAG}", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    return pathlib.Path(tmp)
+    while True:
+        tmp = path.parent / f".{path.name}{TMP_TAG}{secrets.token_hex(4)}{path.suffix}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
 
 
 @contextlib.contextmanager
