@@ -1,7 +1,7 @@
 """Pre-tokenised datasets on disk, and the Grain reader the trainer uses.
 
-`earthmapper prepare tokens` (earthmapper_jax/pretokenize.py) runs the frozen tokenizer once
-per dataset and writes, per split:
+`earthmapper prepare tokens` (earthmapper_jax/pretokenize.py) encodes a dataset once with the
+frozen VQ-VAE and writes, per split:
 
     OUT/{split}.sat_tokens.npy   uint16 (variants, N, L)   L = Σ pn², scales concatenated
     OUT/{split}.map_tokens.npy   uint16 (variants, N, L)
