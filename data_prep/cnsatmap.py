@@ -18,11 +18,12 @@ Coordinates (`--coords auto`): a CSV/JSON sidecar (ROOT/metadata.csv, coords.jso
 
 from __future__ import annotations
 
+import argparse
 import os
 
-from data_prep import common, pairing
-from data_prep.coords import CoordResolver, find_sidecar
-from data_prep.splits import assign
+from earthmapper_jax.data_prep import common, pairing
+from earthmapper_jax.data_prep.coords import CoordResolver, find_sidecar
+from earthmapper_jax.data_prep.splits import assign
 from earthmapper_jax.errors import InputError
 
 
@@ -57,7 +58,8 @@ def list_tasks(root, *, coords: str = "auto", sidecar: str | None = None, name_p
 
 def register(subparsers):
     p = subparsers.add_parser("cnsatmap", help="CNSatMap-style paired tiles (folders, prefixes, XYZ, GeoTIFF)",
-                              description=__doc__, formatter_class=_raw())
+                              description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", help="dataset root")
     common.add_output_args(p)
     common.add_coord_args(p)
@@ -83,8 +85,3 @@ def main(args):
 def _names(s: str):
     return tuple(n.strip() for n in s.split(",") if n.strip())
 
-
-def _raw():
-    import argparse
-
-    return argparse.RawDescriptionHelpFormatter

@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import io
 import math
 import os
 import time
@@ -21,11 +20,14 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from data_prep import geotiff
+from earthmapper_jax import progress as progress_lib
 from earthmapper_jax.data import example
-from earthmapper_jax.data.writer import DEFAULT_SHARD_BYTES, ShardedWriter, manifest_path, write_json_atomic
-from earthmapper_jax.errors import DataError
-from earthmapper_jax.parallel import imap_ordered, progress_bar, worker_pool
+from earthmapper_jax.data.writer import DEFAULT_SHARD_BYTES, ShardedWriter, manifest_path, to_json
+from earthmapper_jax.data_prep import geotiff
+from earthmapper_jax.errors import DataError, InputError
+from earthmapper_jax.io import files
+from earthmapper_jax.io.images import decode_image
+from earthmapper_jax.parallel import imap_ordered, worker_pool
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
 GEOTIFF_EXTS = (".tif", ".tiff")
@@ -78,14 +80,14 @@ def _read_image(path: str, want_geo: bool):
             return _Image(arr, None, "tiff"), (centre if want_geo else None), why
         with open(path, "rb") as f:
             data = f.read()
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            arr = np.asarray(img.convert("RGB"))
+        arr = decode_image(data, path)
         fmt = example.sniff_format(data) or "other"
         return _Image(arr, data if fmt in example.IMAGE_FORMATS else None, fmt), None, ""
     except FileNotFoundError:
         raise Skip("unreadable", f"{path}: file not found") from None
-    except Exception as e:  # PIL/tifffile raise many types for bad files
+    except InputError as e:  # names the file and says why
+        raise Skip("unreadable", str(e)) from None
+    except Exception as e:  # tifffile raises many types for bad files
         raise Skip("unreadable", f"{path}: {type(e).__name__}: {e}") from None
 
 
@@ -181,7 +183,7 @@ def convert(splits: dict[str, list], out_dir, *, load_fn: Callable, converter: s
     items = [(s, t) for s in writers for t in splits[s]]
     pool_cm = worker_pool(workers)
     pool = pool_cm.__enter__()  # before the progress bar's thread exists (fork safety)
-    bar = progress_bar(progress, total=len(items), desc=f"prepare {converter}", unit="pair")
+    bar = progress_lib.progress(len(items), desc=f"prepare {converter}", unit="pair", enabled=progress)
     try:
         for split, name, data, csrc, skip in imap_ordered(pool, functools.partial(_work, load_fn=load_fn), items):
             bar.update()
@@ -207,7 +209,7 @@ def convert(splits: dict[str, list], out_dir, *, load_fn: Callable, converter: s
         "skipped_total": sum(skipped.values()), "coords": dict(sorted(coords.items())),
         "seconds": round(time.time() - t0, 2), "args": args, "skipped_items": skipped_items,
     }
-    write_json_atomic(os.path.join(out_dir, SUMMARY_FILE), summary)
+    files.write_text(os.path.join(out_dir, SUMMARY_FILE), to_json(summary))
     return summary
 
 

@@ -19,7 +19,7 @@ import math
 import os
 import re
 
-from data_prep import xyz
+from earthmapper_jax.data_prep import xyz
 from earthmapper_jax.errors import DataError, InputError
 
 # `..._29.62732_-95.41556.png`, optionally with a city: `000002_Houston_29.62732_-95.41556.png`.

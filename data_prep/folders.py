@@ -11,11 +11,12 @@ matches `/`. With --side-by-side, one pattern names files holding both images.
 
 from __future__ import annotations
 
+import argparse
 import os
 
-from data_prep import common, pairing
-from data_prep.coords import CoordResolver, find_sidecar
-from data_prep.splits import assign
+from earthmapper_jax.data_prep import common, pairing
+from earthmapper_jax.data_prep.coords import CoordResolver, find_sidecar
+from earthmapper_jax.data_prep.splits import assign
 from earthmapper_jax.errors import InputError
 
 
@@ -61,8 +62,6 @@ def list_tasks(root, sat_pattern: str, map_pattern: str | None = None, *, side_b
 
 
 def register(subparsers):
-    import argparse
-
     p = subparsers.add_parser("folders", help="generic paired folders with glob patterns per modality",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", help="dataset root")

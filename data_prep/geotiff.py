@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_prep import xyz
+from earthmapper_jax.data_prep import xyz
 
 TAG_PIXEL_SCALE = 33550
 TAG_TIEPOINT = 33922
@@ -80,7 +80,7 @@ def _to_rgb_uint8(a: np.ndarray, axes: str) -> np.ndarray:
 
 def read_geotiff(path) -> tuple[np.ndarray, tuple[float, float] | None, str]:
     """(uint8 (H, W, 3) image, (lat, lon) or None, why-not message or "")."""
-    import tifffile
+    import tifffile  # optional dependency (extra "geo"): only GeoTIFF tiles need it
 
     with tifffile.TiffFile(str(path)) as tif:
         page = tif.pages[0]

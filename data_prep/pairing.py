@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 
-from data_prep.common import IMAGE_EXTS
+from earthmapper_jax.data_prep.common import IMAGE_EXTS
 
 SAT_NAMES = ("sat", "satellite", "satellites", "aerial", "imagery", "image", "images", "img", "rs")
 MAP_NAMES = ("map", "maps", "osm", "label", "labels", "mapimage")

@@ -11,10 +11,11 @@ Accepted layouts (detected):
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 
-from data_prep import common, pairing
+from earthmapper_jax.data_prep import common, pairing
 from earthmapper_jax.errors import InputError
 
 CITY = "new_york"
@@ -63,8 +64,6 @@ def list_tasks(root, *, map_left: bool = False, a_is_map: bool = False):
 
 
 def register(subparsers):
-    import argparse
-
     p = subparsers.add_parser("pix2pix", help="pix2pix 'maps' (side-by-side) or its CycleGAN layout",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", help="folder holding train/ val/ (pix2pix) or trainA/ trainB/ ... (CycleGAN)")

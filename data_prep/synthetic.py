@@ -1,5 +1,5 @@
-"""The procedural synthetic city (earthmapper_jax.synthetic) -> TFRecord splits, so the demo and
-the tests run the real input pipeline with no downloaded data.
+"""The procedural synthetic city (earthmapper_jax.data.synthetic_city) -> TFRecord splits, so
+the demo and the tests run the real input pipeline with no downloaded data.
 
     earthmapper prepare synthetic --n 2000 --out /tmp/syn --size 256 --val-fraction 0.1
 """
@@ -10,9 +10,8 @@ import dataclasses
 import functools
 import os
 
-from data_prep import common
-from earthmapper_jax import synthetic
-from earthmapper_jax.data import example
+from earthmapper_jax.data import example, synthetic_city
+from earthmapper_jax.data_prep import common
 from earthmapper_jax.errors import InputError
 
 
@@ -23,7 +22,7 @@ class SynTask:
 
 
 def _load(task: SynTask, seed: int, size: int, bbox, fmt: str, jpeg_quality: int):
-    p = synthetic.make_pair(synthetic.pair_seed(seed, task.index), size, bbox)
+    p = synthetic_city.make_pair(synthetic_city.pair_seed(seed, task.index), size, bbox)
     rec = example.PairRecord(
         satellite=example.encode_image(p.satellite, fmt, jpeg_quality),
         map=example.encode_image(p.map, "png"),  # flat colours: PNG is small and exact
@@ -34,7 +33,7 @@ def _load(task: SynTask, seed: int, size: int, bbox, fmt: str, jpeg_quality: int
 
 
 def prepare(out_dir, n: int, *, size: int = 256, seed: int = 0, val_fraction: float = 0.0,
-            bbox=synthetic.DEFAULT_BBOX, fmt: str = "png", jpeg_quality: int = 95, workers: int = 1,
+            bbox=synthetic_city.DEFAULT_BBOX, fmt: str = "png", jpeg_quality: int = 95, workers: int = 1,
             shard_bytes: int = common.DEFAULT_SHARD_BYTES, overwrite: bool = False, progress: bool = True,
             args: dict | None = None) -> dict:
     """Writes n synthetic pairs (the last round(n * val_fraction) as 'val'); returns the summary."""
@@ -43,7 +42,7 @@ def prepare(out_dir, n: int, *, size: int = 256, seed: int = 0, val_fraction: fl
     if not 0 <= val_fraction < 1:
         raise InputError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     n_val = round(n * val_fraction)
-    tasks = [SynTask(i, synthetic.tile_id(synthetic.pair_seed(seed, i))) for i in range(n)]
+    tasks = [SynTask(i, synthetic_city.tile_id(synthetic_city.pair_seed(seed, i))) for i in range(n)]
     splits = {"train": tasks[: n - n_val], "val": tasks[n - n_val:]}
     load = functools.partial(_load, seed=seed, size=size, bbox=tuple(bbox), fmt=fmt, jpeg_quality=jpeg_quality)
     args = args or dict(n=n, size=size, seed=seed, val_fraction=val_fraction, bbox=list(bbox), format=fmt)
@@ -60,7 +59,7 @@ def register(subparsers):
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bbox", default=",".join(str(v) for v in synthetic.DEFAULT_BBOX),
+    p.add_argument("--bbox", default=",".join(str(v) for v in synthetic_city.DEFAULT_BBOX),
                    help="lat0,lon0,lat1,lon1 of the synthetic city")
     p.add_argument("--format", choices=("png", "jpeg"), default="png", help="satellite encoding (maps are PNG)")
     p.add_argument("--jpeg-quality", type=int, default=95)

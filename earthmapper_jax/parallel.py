@@ -1,5 +1,5 @@
-"""Process pools that are safe next to JAX, an order-preserving parallel map, and progress bars
-that start no thread when hidden."""
+"""Process pools that are safe next to JAX, and an order-preserving parallel map (progress
+bars: earthmapper_jax/progress.py)."""
 
 import contextlib
 import multiprocessing
@@ -44,19 +44,3 @@ def ordered_imap(fn: Callable, items: Iterable, workers: int, chunksize: int = 8
     with worker_pool(workers) as pool:
         yield from imap_ordered(pool, fn, items, chunksize)
 
-
-class _NoBar:
-    def update(self, n=1):
-        pass
-
-    def close(self):
-        pass
-
-
-def progress_bar(enabled: bool = True, **kwargs):
-    """tqdm bar, or a do-nothing one (tqdm starts a monitor thread even when disabled)."""
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(**kwargs)

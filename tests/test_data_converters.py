@@ -1,29 +1,32 @@
 """Converters on small fixture trees built here: paired folders, city folders, prefix pairs,
 sidecars (CSV/JSON), coordinates in file names, XYZ paths, GeoTIFF bounds (4326/3857), the
 pix2pix side-by-side and CycleGAN layouts, generic patterns, filters and skip accounting,
-round-trip equality of images and metadata, the synthetic city through the same path."""
+round-trip equality of images and metadata, the synthetic city through the same path, and
+that the converters install as earthmapper_jax.data_prep."""
 
+import configparser
 import functools
 import json
 import math
 import os
+import pathlib
 
 import numpy as np
 from PIL import Image
 
-from data_prep import cnsatmap, common, folders, geotiff, pix2pix_maps, xyz
-from data_prep import synthetic as syn_prep
-from data_prep.splits import assign
-from earthmapper_jax import synthetic
 from earthmapper_jax.cli import main as cli_main
-from earthmapper_jax.data import example, tfrecord
+from earthmapper_jax.cli.prepare import PREPARE_MODULES
+from earthmapper_jax.data import example, synthetic_city, tfrecord
+from earthmapper_jax.data_prep import cnsatmap, common, folders, geotiff, pix2pix_maps, xyz
+from earthmapper_jax.data_prep import synthetic as syn_prep
+from earthmapper_jax.data_prep.splits import assign
 from earthmapper_jax.data.writer import read_manifest, split_shards
 
 S = 32
 
 
 def _pair(i, size=S):
-    return synthetic.make_pair(100 + i, size)
+    return synthetic_city.make_pair(100 + i, size)
 
 
 def _save(path, arr, fmt=None):
@@ -254,7 +257,7 @@ def test_synthetic_through_the_same_path(tmp_path, capsys):
                      "0.5", "--workers", "1", "--quiet"]) == 0
     assert {s: read_manifest(out, s)["num_records"] for s in ("train", "val")} == {"train": 3, "val": 3}
     recs = _records(out, "train")
-    p = synthetic.make_pair(synthetic.pair_seed(0, 1), 16)
+    p = synthetic_city.make_pair(synthetic_city.pair_seed(0, 1), 16)
     np.testing.assert_array_equal(example.decode_image(recs[p.tile_id].satellite), p.satellite)
     np.testing.assert_array_equal(example.decode_image(recs[p.tile_id].map), p.map)
     assert abs(recs[p.tile_id].latitude - p.lat) < 1e-4
@@ -280,3 +283,39 @@ def test_generic_side_by_side_map_left(tmp_path):
     assert rec.tile_id == "a/x1" and source == "none"
     np.testing.assert_array_equal(example.decode_image(rec.satellite), p.satellite)
     np.testing.assert_array_equal(example.decode_image(rec.map), p.map)
+
+
+def test_sixteen_bit_and_palette_tiles_are_read_as_images(tmp_path):
+    # The converters decode through io.images: 16-bit grey is scaled to 8 bits (not clipped),
+    # a palette PNG is looked up. Side by side, so both halves are re-encoded from the pixels.
+    root = tmp_path / "sbs"
+    os.makedirs(root, exist_ok=True)
+    grey16 = (np.arange(S * 2 * S, dtype=np.uint32).reshape(S, 2 * S) * 32).astype(np.uint16)
+    Image.fromarray(grey16).save(root / "g16.png")
+    p = _pair(5)
+    pal = Image.fromarray(np.concatenate([p.satellite, p.map], axis=1)).convert(
+        "P", palette=Image.Palette.ADAPTIVE, colors=16)
+    pal.save(root / "pal.png")
+    tasks, _ = folders.list_tasks(root, "*.png", side_by_side="sat_left")
+    assert _convert(tasks, tmp_path / "out")["written"] == {"train": 2}
+    recs = _records(tmp_path / "out", "train")
+    want = np.repeat(np.round(grey16 * (255.0 / 65535.0)).astype(np.uint8)[..., None], 3, -1)
+    np.testing.assert_array_equal(example.decode_image(recs["g16"].satellite), want[:, :S])
+    np.testing.assert_array_equal(example.decode_image(recs["g16"].map), want[:, S:])
+    np.testing.assert_array_equal(example.decode_image(recs["pal"].map), np.asarray(pal.convert("RGB"))[:, S:])
+
+
+def test_converters_install_under_the_package_namespace():
+    # data_prep/ is a folder of the repository but the package earthmapper_jax.data_prep; the
+    # CLI reaches each converter by import, and setup.cfg lists every package folder.
+    assert syn_prep.__name__ == "earthmapper_jax.data_prep.synthetic"
+    assert [m.__name__.rsplit(".", 1)[-1] for m in PREPARE_MODULES] == [
+        "cnsatmap", "pix2pix_maps", "folders", "synthetic", "prepare_tokens"]
+    root = pathlib.Path(__file__).resolve().parents[1]
+    cfg = configparser.ConfigParser()
+    cfg.read(root / "setup.cfg")
+    listed = set(cfg["options"]["packages"].split())
+    folders_ = {".".join(p.parent.relative_to(root).parts) for p in (root / "earthmapper_jax").rglob("__init__.py")}
+    assert folders_ | {"earthmapper_jax.data_prep"} == listed
+    assert "earthmapper_jax.data_prep = data_prep" in cfg["options"]["package_dir"]
+    assert not any(p.startswith("data_prep") for p in listed)

@@ -47,6 +47,11 @@ def test_writer_shards_index_manifest_roundtrip(tmp_path):
     src = TFRecordSource(shards)
     assert len(src) == 40 and all(src[i].data == recs[i] for i in (0, 17, 39))
     assert not [f for f in os.listdir(tmp_path) if "tmp" in f]
+    # Written through temporary files, yet with the mode a plain open() gives (others read datasets).
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for name in os.listdir(tmp_path):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == 0o666 & ~umask, name
 
 
 def test_writer_is_atomic_and_refuses_to_clobber(tmp_path):

@@ -1,16 +1,19 @@
 """Grain pipeline: batches, determinism, resume exactness, exact per-host partition, paired
-augmentation, corrupt-record policy, Orbax checkpoint of the iterator, global arrays."""
+augmentation, corrupt-record policy, Orbax checkpoint of the iterator, global arrays (through
+the trainer's train/sharding.host_batch_to_global)."""
 
 import os
 import shutil
 
+import jax
 import numpy as np
 import pytest
 
-from data_prep import synthetic as syn_prep
-from earthmapper_jax.data import Augment, example, pipeline, tfrecord, to_global_array
+from earthmapper_jax.data import Augment, example, pipeline, tfrecord
 from earthmapper_jax.data.writer import ShardedWriter, split_shards
+from earthmapper_jax.data_prep import synthetic as syn_prep
 from earthmapper_jax.errors import DataError
+from earthmapper_jax.train.sharding import host_batch_to_global, make_mesh
 
 N = 30
 
@@ -35,14 +38,14 @@ def _take(it, n):
 
 
 def _same(a, b):
-    return all(np.array_equal(x[k], y[k]) for x, y in zip(a, b) for k in ("satellite", "map", "coords", "tile_id"))
+    return all(np.array_equal(x[k], y[k]) for x, y in zip(a, b) for k in ("sat_image", "map_image", "coords", "tile_id"))
 
 
 def test_batch_layout(syn_dir):
     b = next(_pipe(syn_dir, image_size=24, augment=True))
-    assert b["satellite"].shape == b["map"].shape == (4, 24, 24, 3)
-    assert b["satellite"].dtype == np.float32 and b["coords"].shape == (4, 2) and b["tile_id"].shape == (4,)
-    assert -1 <= b["map"].min() and b["map"].max() <= 1
+    assert b["sat_image"].shape == b["map_image"].shape == (4, 24, 24, 3)
+    assert b["sat_image"].dtype == np.float32 and b["coords"].shape == (4, 2) and b["tile_id"].shape == (4,)
+    assert -1 <= b["map_image"].min() and b["map_image"].max() <= 1
     assert np.all((b["coords"][:, 0] > 39) & (b["coords"][:, 0] < 41))
 
 
@@ -111,9 +114,9 @@ def test_augmentation_is_paired(tmp_path):
     aug = Augment(crop_scale=(0.5, 0.9), hflip=True, vflip=True, rot90=True)
     plain = next(_pipe(d, bs=6, shuffle=False, num_epochs=1))
     for b in _take(_pipe(d, bs=6, augment=aug, image_size=16, seed=4), 3):
-        np.testing.assert_array_equal(b["satellite"], b["map"])  # same crop/flip/rotation on both
+        np.testing.assert_array_equal(b["sat_image"], b["map_image"])  # same crop/flip/rotation on both
     b = next(_pipe(d, bs=6, augment=aug, shuffle=False, num_epochs=1))
-    assert not np.array_equal(b["satellite"], plain["satellite"])
+    assert not np.array_equal(b["sat_image"], plain["sat_image"])
     assert np.isnan(plain["coords"]).all()
 
 
@@ -138,13 +141,9 @@ def test_missing_split_is_a_clear_error(syn_dir):
         pipeline(syn_dir, "test", 2, process_index=0, process_count=1)
 
 
-def test_to_global_array(syn_dir):
-    import jax
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
-    mesh = jax.make_mesh((len(jax.devices()),), ("data",))
+def test_host_batch_to_global(syn_dir):
     b = next(_pipe(syn_dir, bs=8))
-    g = to_global_array(b, NamedSharding(mesh, P("data")))
-    assert g["satellite"].shape == (8, 16, 16, 3) and len(g["satellite"].addressable_shards) == len(jax.devices())
+    g = host_batch_to_global(b, make_mesh())
+    assert g["sat_image"].shape == (8, 16, 16, 3) and len(g["sat_image"].addressable_shards) == len(jax.devices())
     np.testing.assert_array_equal(np.asarray(g["coords"]), b["coords"])
-    assert isinstance(g["tile_id"], np.ndarray)
+    assert "tile_id" not in g and isinstance(b["tile_id"], np.ndarray)  # strings stay on the host

@@ -1,6 +1,9 @@
-"""Pre-tokenised training data: variants, the reader, and equality with on-the-fly tokenising."""
+"""Pre-tokenised training data: variants, the reader, equality with on-the-fly tokenising, and
+the layering (pre-tokenising lives above data/, which imports neither tokenizer nor models)."""
 
 import json
+import subprocess
+import sys
 
 import jax
 import ml_collections
@@ -8,7 +11,11 @@ import numpy as np
 import pytest
 
 from earthmapper_jax import tokenizer as tokenizer_lib
-from earthmapper_jax.data import pipeline, tokens
+from earthmapper_jax.data import pipeline
+from earthmapper_jax.data import token_records as tokens
+from earthmapper_jax.data_prep import synthetic as syn_prep
+from earthmapper_jax.pretokenize import prepare_tokens
+from earthmapper_jax.scales import flatten_tokens
 
 MICRO = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=8, vocab_size=64,
              image_size=16, patch_nums=(1, 2, 4, 8))
@@ -16,14 +23,11 @@ MICRO = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=8, vocab_size=6
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    from data_prep import synthetic as syn_prep
-
     root = tmp_path_factory.mktemp("tok")
     data, tok_dir, out = root / "data", root / "tokenizer", root / "tokens"
     syn_prep.prepare(data, 12, size=16, seed=0, val_fraction=0.25, workers=1, progress=False)
     tokenizer_lib.Tokenizer.init(MICRO, jax.random.key(0)).save(tok_dir)
-    manifests = tokens.prepare_tokens(tok_dir, data, out, variants="auto", batch_size=4,
-                                      progress=False)
+    manifests = prepare_tokens(tok_dir, data, out, variants="auto", batch_size=4, progress=False)
     return data, tok_dir, out, manifests
 
 
@@ -45,11 +49,11 @@ def test_variants_are_stored_because_tokens_do_not_commute(prepared):
     assert stored.shape == (8, 3, 1 + 4 + 16 + 64) and stored.dtype == np.uint16
     for v in (0, 5):
         h, k = m["variants"][v]
-        want = tokens.flatten(tok.encode(tokens.transform(batch["satellite"], h, k)))
+        want = flatten_tokens(tok.encode(tokens.transform(batch["sat_image"], h, k)))
         np.testing.assert_array_equal(stored[v], want)
     np.testing.assert_array_equal(np.load(out / "val.tile_ids.npy"), batch["tile_id"])
     with pytest.raises(Exception, match="exists"):
-        tokens.prepare_tokens(tok_dir, data, out, splits=["val"], progress=False)
+        prepare_tokens(tok_dir, data, out, splits=["val"], progress=False)
 
 
 def test_reader_draws_stored_variants_deterministically_and_resumes(prepared):
@@ -85,7 +89,6 @@ def test_reader_draws_stored_variants_deterministically_and_resumes(prepared):
 
 def test_pretokenised_loss_equals_tokenising_on_the_fly(prepared):
     from earthmapper_jax.models import earthmapper as em
-    from earthmapper_jax.train.task_adapters import _em_batch
 
     data, tok_dir, out, _ = prepared
     config = ml_collections.ConfigDict()
@@ -98,7 +101,34 @@ def test_pretokenised_loss_equals_tokenising_on_the_fly(prepared):
     images = _val_images(data)
     toks = next(tokens.token_pipeline(out, "val", 3, augment=False, shuffle=False))
     rng = jax.random.key(3)
-    loss_img, m_img = em.loss_fn(params, _em_batch(images), rng, config, frozen)
-    loss_tok, m_tok = em.loss_fn(params, _em_batch(toks), rng, config, frozen)
+    # The pipelines' keys are the loss's keys; only the host-side tile ids stay behind.
+    host_only = lambda b: {k: v for k, v in b.items() if k != "tile_id"}  # noqa: E731
+    loss_img, m_img = em.loss_fn(params, host_only(images), rng, config, frozen)
+    loss_tok, m_tok = em.loss_fn(params, host_only(toks), rng, config, frozen)
     np.testing.assert_allclose(float(loss_tok), float(loss_img), rtol=1e-6)
     np.testing.assert_allclose(float(m_tok["acc_sat"]), float(m_img["acc_sat"]))
+
+
+def test_derived_variants_move_every_scale_like_the_image():
+    # derive_variants (tokens that commute exactly): the reader flips/rotates each scale's map.
+    maps = [np.arange(1).reshape(1, 1), np.arange(1, 5).reshape(2, 2), np.arange(5, 14).reshape(3, 3)]
+    flat = np.concatenate([m.ravel() for m in maps]).astype(np.uint16)[None]  # one stored variant
+    moved = {tuple(np.concatenate([np.rot90(m[:, ::-1] if h else m, k).ravel() for m in maps])): (h, k)
+             for h, k in tokens.VARIANT_SETS["dihedral"]}
+    choose = tokens.ChooseVariant(True, ((0, 0),), True, (1, 2, 3))
+    el = {"sat_tokens": flat, "map_tokens": flat, "coords": np.zeros(2, np.float32), "tile_id": "t"}
+    seen = set()
+    for seed in range(40):
+        out = choose(el, np.random.default_rng(seed))
+        assert out["sat_tokens"].dtype == np.int32
+        seen.add(moved[tuple(out["sat_tokens"])])
+    assert len(seen) > 4
+
+
+def test_data_layer_imports_neither_tokenizer_nor_models():
+    code = ("import sys, earthmapper_jax.data, earthmapper_jax.data.token_records, "
+            "earthmapper_jax.data.synthetic_city, earthmapper_jax.data_prep.common; "
+            "bad = [m for m in sys.modules if m.startswith(('earthmapper_jax.tokenizer', "
+            "'earthmapper_jax.models', 'earthmapper_jax.pretokenize'))]; print(bad); sys.exit(bool(bad))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr

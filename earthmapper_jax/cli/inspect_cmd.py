@@ -4,10 +4,10 @@ every record parses and decodes, and the shards' sha256 against the manifest).""
 import hashlib
 import os
 
+from earthmapper_jax import progress as progress_lib
 from earthmapper_jax.data import example, tfrecord
 from earthmapper_jax.data.writer import list_splits, read_manifest, split_shards
 from earthmapper_jax.errors import DataError
-from earthmapper_jax.parallel import progress_bar
 
 
 def inspect_dir(data_dir, *, verify: bool = True, decode: bool = False, checksums: bool = False,
@@ -25,7 +25,8 @@ def inspect_dir(data_dir, *, verify: bool = True, decode: bool = False, checksum
         shards = split_shards(data_dir, split)
         listed = {e["file"]: e for e in manifest["shards"]}
         n_total, n_bytes, nan_coords, sizes = 0, 0, 0, set()
-        bar = progress_bar(progress, total=manifest["num_records"], desc=f"inspect {split}", unit="rec")
+        bar = progress_lib.progress(manifest["num_records"], desc=f"inspect {split}", unit="rec",
+                                    enabled=progress)
         for path in shards:
             name = os.path.basename(path)
             n = 0

@@ -1,8 +1,8 @@
 """`earthmapper prepare tokens --tokenizer DIR DATA OUT`: pre-tokenise a TFRecord dataset.
 
 Stores both modalities' token maps (and, with --si-dinov2, Semantic Infusion target grids)
-for every split, once per augmentation variant (see earthmapper_jax/data/tokens.py). Train on
-them with `--config.data.tokens_dir=OUT`.
+for every split, once per augmentation variant (earthmapper_jax/pretokenize.py; the files:
+earthmapper_jax/data/token_records.py). Train on them with `--config.data.tokens_dir=OUT`.
 """
 
 
@@ -28,7 +28,7 @@ def register(subparsers):
 
 
 def main(args):
-    from earthmapper_jax.data.tokens import prepare_tokens
+    from earthmapper_jax.pretokenize import prepare_tokens
 
     dinov2 = None
     if args.si_dinov2:

@@ -1,5 +1,8 @@
 """Per-element steps of the input pipeline: parse + decode a record, paired augmentation (the
-same crop/flip/rotation for satellite and map), resize and normalise to [-1, 1]."""
+same crop/flip/rotation for satellite and map), resize and normalise to [-1, 1].
+
+An element is a dict: sat_image, map_image (uint8 (H, W, 3), then float32 in [-1, 1]),
+coords float32 (2,) as (lat, lon), tile_id str. These keys stay the same up to the loss."""
 
 from __future__ import annotations
 
@@ -11,6 +14,9 @@ from PIL import Image
 from earthmapper_jax.data import example
 from earthmapper_jax.data.source import RawRecord, note_skip
 from earthmapper_jax.errors import DataError
+from earthmapper_jax.io.images import to_float
+
+IMAGE_KEYS = ("sat_image", "map_image")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +44,7 @@ def resolve_augment(augment) -> Augment | None:
 
 @dataclasses.dataclass(frozen=True)
 class DecodePair:
-    """RawRecord -> dict(satellite, map uint8 (H, W, 3), coords float32 (2,), tile_id str)."""
+    """RawRecord -> dict(sat_image, map_image uint8 (H, W, 3), coords float32 (2,), tile_id str)."""
 
     on_error: str = "raise"
 
@@ -56,8 +62,8 @@ class DecodePair:
                 return None
             raise
         return {
-            "satellite": sat,
-            "map": mp,
+            "sat_image": sat,
+            "map_image": mp,
             "coords": np.array([rec.latitude, rec.longitude], np.float32),
             "tile_id": rec.tile_id,
         }
@@ -69,10 +75,6 @@ def _resize(img: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BICUBIC))
 
 
-def _normalise(img: np.ndarray) -> np.ndarray:
-    return img.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1.0)
-
-
 @dataclasses.dataclass(frozen=True)
 class Finalise:
     """Resize to `image_size` (None: keep) and normalise both images to float32 [-1, 1]."""
@@ -80,9 +82,9 @@ class Finalise:
     image_size: int | None = None
 
     def __call__(self, el):
-        for key in ("satellite", "map"):
+        for key in IMAGE_KEYS:
             img = el[key] if self.image_size is None else _resize(el[key], self.image_size)
-            el[key] = _normalise(img)
+            el[key] = to_float(img)
         return el
 
 
@@ -96,7 +98,7 @@ class PairedAugment:
 
     def __call__(self, el, rng: np.random.Generator):
         a = self.augment
-        h, w = el["satellite"].shape[:2]
+        h, w = el["sat_image"].shape[:2]
         size = self.image_size or h
         lo, hi = a.crop_scale
         side = int(round(min(h, w) * rng.uniform(lo, hi)))
@@ -106,7 +108,7 @@ class PairedAugment:
         vflip = a.vflip and rng.random() < 0.5
         k = int(rng.integers(4)) if a.rot90 else 0
         box = (x0, y0, x0 + side, y0 + side)
-        for key in ("satellite", "map"):
+        for key in IMAGE_KEYS:
             img = el[key]
             if side != size or (side, side) != (h, w):
                 img = np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BICUBIC, box=box))
@@ -116,5 +118,5 @@ class PairedAugment:
                 img = img[::-1]
             if k:
                 img = np.rot90(img, k)
-            el[key] = _normalise(img)  # astype copies the flipped/rotated view contiguously
+            el[key] = to_float(img)  # astype copies the flipped/rotated view contiguously
         return el

@@ -21,7 +21,8 @@ import numpy as np
 from PIL import Image
 from tensorflow_datasets.proto import tf_example_pb2
 
-from earthmapper_jax.errors import DataError
+from earthmapper_jax.errors import DataError, InputError
+from earthmapper_jax.io import images
 
 SCHEMA_VERSION = 1
 IMAGE_FORMATS = ("png", "jpeg")
@@ -106,13 +107,12 @@ def parse(data: bytes, where: str = "record") -> PairRecord:
 
 
 def decode_image(data: bytes, where: str = "image") -> np.ndarray:
-    """Encoded PNG/JPEG bytes -> uint8 (H, W, 3); DataError naming `where` if undecodable."""
+    """A stored image -> uint8 (H, W, 3) by `io.images.decode_image`; a record that holds no
+    readable image is corrupt data, so DataError naming `where`."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return np.asarray(img.convert("RGB"))
-    except Exception as e:  # PIL raises several types for bad data
-        raise DataError(f"{where}: undecodable image ({type(e).__name__}: {e})") from None
+        return images.decode_image(data, where)
+    except InputError as e:
+        raise DataError(str(e)) from None
 
 
 def encode_image(image: np.ndarray, fmt: str = "png", jpeg_quality: int = 95) -> bytes:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import os
 
 import grain
-import numpy as np
+import jax
+from absl import flags
 
 from earthmapper_jax.data.augment import DecodePair, Finalise, PairedAugment, resolve_augment
 from earthmapper_jax.data.source import TFRecordSource
@@ -28,8 +29,6 @@ _SEED_MOD = 2**32
 
 def _host(process_index, process_count):
     if process_index is None or process_count is None:
-        import jax  # only when the caller did not say which host this is
-
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
     if not 0 <= process_index < process_count:
@@ -71,7 +70,7 @@ def pipeline(data_dir, split: str, batch_size: int, *, seed: int = 0, image_size
              read_threads: int = 4, on_error: str = "raise", verify_crc: bool = True):
     """Iterator over numpy batches of this host's share of a split.
 
-    Each batch: ``satellite``, ``map`` float32 (B, H, W, 3) in [-1, 1], ``coords`` float32
+    Each batch: ``sat_image``, ``map_image`` float32 (B, H, W, 3) in [-1, 1], ``coords`` float32
     (B, 2) as (lat, lon) with NaN where unknown, ``tile_id`` (B,) str. `batch_size` is per host.
 
     seed: shuffle order and augmentation (same seed, same stream). image_size: resize to this
@@ -103,24 +102,6 @@ def pipeline(data_dir, split: str, batch_size: int, *, seed: int = 0, image_size
 def _absl_flags_defaults():
     # Grain's worker processes read absl flags; outside an absl app nobody parses them, so
     # take their defaults (an absl app that parsed its flags keeps its values).
-    from absl import flags
-
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
 
-
-def to_global_array(batch: dict, sharding) -> dict:
-    """Host-local numpy batch -> global `jax.Array`s laid out by `sharding` (e.g.
-    NamedSharding(mesh, P(("data", "fsdp")))) via jax.make_array_from_process_local_data.
-    `sharding` may also be a dict per key. String leaves (tile_id) stay host-local numpy."""
-    import jax
-
-    out = {}
-    for key, value in batch.items():
-        value = np.asarray(value)
-        if value.dtype.kind not in "biuf":
-            out[key] = value
-            continue
-        sh = sharding[key] if isinstance(sharding, dict) else sharding
-        out[key] = jax.make_array_from_process_local_data(sh, value)
-    return out

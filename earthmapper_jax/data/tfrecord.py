@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import BinaryIO, Iterator
+from typing import Iterator
 
 import crc32c
 import numpy as np
 
 from earthmapper_jax.errors import DataError
+from earthmapper_jax.io import files
 
 HEADER_BYTES = 12  # uint64 length + uint32 crc
 FOOTER_BYTES = 4
@@ -38,13 +39,6 @@ def frame(data: bytes) -> bytes:
     """One record as it is written to the file."""
     header = _U64.pack(len(data))
     return header + _U32.pack(masked_crc(header)) + data + _U32.pack(masked_crc(data))
-
-
-def write_record(f: BinaryIO, data: bytes) -> int:
-    """Appends a record to an open file; returns the bytes written."""
-    framed = frame(data)
-    f.write(framed)
-    return len(framed)
 
 
 def _where(path, index, offset) -> str:
@@ -111,10 +105,7 @@ def scan_offsets(path) -> np.ndarray:
 
 def write_index(index_path, offsets: np.ndarray) -> None:
     """Writes an offset index atomically."""
-    tmp = f"{index_path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(np.asarray(offsets, "<u8").tobytes())
-    os.replace(tmp, index_path)
+    files.write_bytes(index_path, np.asarray(offsets, "<u8").tobytes())
 
 
 def load_offsets(path) -> np.ndarray:

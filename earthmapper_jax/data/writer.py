@@ -6,8 +6,8 @@ Layout of a data directory::
     DIR/train-00000-of-00003.tfrecord.idx    offset index of each shard (random access)
     DIR/train.manifest.json                  counts, shard names, sha256, schema, converter args
 
-Shards are written under temporary names and renamed when the split is complete; the manifest
-is written last, so a split exists exactly when its manifest does.
+Shards are streamed into temporary files (`io.files.temp_sibling`) and renamed when the split
+is complete; the manifest is written last, so a split exists exactly when its manifest does.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import numpy as np
 from earthmapper_jax.data import tfrecord
 from earthmapper_jax.data.example import SCHEMA_VERSION
 from earthmapper_jax.errors import DataError
+from earthmapper_jax.io import files
 
 MANIFEST_SUFFIX = ".manifest.json"
 DEFAULT_SHARD_BYTES = 256 << 20
@@ -37,12 +38,9 @@ def shard_name(split: str, index: int, count: int) -> str:
     return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
 
 
-def write_json_atomic(path, obj) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=False, default=_json_default)
-        f.write("\n")
-    os.replace(tmp, path)
+def to_json(obj) -> str:
+    """Manifest / summary text: numpy scalars as numbers, tuples and sets as lists."""
+    return json.dumps(obj, indent=1, sort_keys=False, default=_json_default) + "\n"
 
 
 def _json_default(o):
@@ -87,7 +85,8 @@ class ShardedWriter:
     # -- writing
     def _open_shard(self):
         k = len(self._shards)
-        tmp = os.path.join(self.out_dir, f".{self.split}-{k:05d}.tfrecord.tmp-{os.getpid()}")
+        # Its final name (…-of-N) is known only when the split is complete.
+        tmp = str(files.temp_sibling(os.path.join(self.out_dir, f"{self.split}-{k:05d}.tfrecord")))
         self._file = open(tmp, "wb")
         self._shards.append({"tmp": tmp, "num_records": 0, "num_bytes": 0, "offsets": [0],
                              "sha": hashlib.sha256()})
@@ -145,7 +144,7 @@ class ShardedWriter:
         for path in self._old:  # files of a replaced split that the new one did not reuse
             if os.path.basename(path) not in keep and os.path.exists(path):
                 os.remove(path)
-        write_json_atomic(manifest_path(self.out_dir, self.split), manifest)
+        files.write_text(manifest_path(self.out_dir, self.split), to_json(manifest))
         self._closed = True
         return manifest
 

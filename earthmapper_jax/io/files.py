@@ -6,6 +6,8 @@ run never leaves a half-written file under a name a later run would trust.
 
     atomic_path(path)            context manager -> a temporary sibling path (same suffix);
                                  renamed to `path` on success, removed on error
+    temp_sibling(path)           the temporary sibling itself, for a writer that streams into
+                                 it and renames it later (TFRecord shards)
     atomic_open(path, mode="wb") context manager -> an open file object, same rules
     write_bytes(path, data) / write_text(path, text) / write_json(path, obj)
     atomic_dir(path, overwrite=False)
@@ -24,6 +26,7 @@ import contextlib
 import json
 import os
 import pathlib
+import secrets
 import shutil
 import tempfile
 from typing import Iterator
@@ -35,14 +38,26 @@ def is_remote(path) -> bool:
     return "://" in str(path)
 
 
+def temp_sibling(path) -> pathlib.Path:
+    """A new empty file beside `path` under a temporary name (same suffix); the caller renames
+    it over `path` or removes it. Its mode is what `open(path, "w")` would give (0666 less the
+    umask), not mkstemp's private 0600: the renamed file is a dataset or an export others read."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = path.parent / f".{path.name}{TMP_TAG}{secrets.token_hex(4)}{path.suffix}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
 @contextlib.contextmanager
 def atomic_path(path) -> Iterator[pathlib.Path]:
     """A temporary path beside `path` (same suffix, so format-by-extension writers work)."""
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_TAG}", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = pathlib.Path(tmp)
+    tmp = temp_sibling(path)
     try:
         yield tmp
         os.replace(tmp, path)

@@ -9,8 +9,11 @@ colour jitter). Each tile has a (lat, lon) inside a bbox; the city is denser nea
 centre and greener/wetter towards its edges, so coordinates carry information too.
 
     pair = make_pair(7, size=256)                 # Pair(satellite, map, lat, lon, tile_id)
-    batch = make_batch(8, 128, seed=0)            # float32 in [-1, 1] + coords (8, 2)
+    batch = make_batch(8, 128, seed=0)            # sat_image/map_image in [-1, 1] + coords
     pairs = generate_many(1000, 256, seed=0, workers=2)
+
+Its ~450 lines stay one module: layout, rasterisation and texturing share the class labels and
+colour tables, and splitting them would spread one generator over files.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from earthmapper_jax.io.images import to_float
 from earthmapper_jax.parallel import ordered_imap
 
 # Somewhere in China: a window around central Beijing (lat0, lon0, lat1, lon1).
@@ -441,25 +445,12 @@ def generate_many(n: int, size: int = 256, seed: int = 0, workers: int = 1, bbox
 
 
 def make_batch(n: int, size: int = 256, seed: int = 0, bbox=DEFAULT_BBOX) -> dict:
-    """A training-style batch: satellite/map float32 (n, size, size, 3) in [-1, 1], coords (n, 2)
-    as (lat, lon)."""
+    """A batch as the input pipeline emits it: sat_image/map_image float32 (n, size, size, 3)
+    in [-1, 1], coords (n, 2) as (lat, lon)."""
     pairs = [_make_indexed((seed, i, size, bbox)) for i in range(n)]
-    to_float = lambda x: np.stack(x).astype(np.float32) / 127.5 - 1.0  # noqa: E731
     return {
-        "satellite": to_float([p.satellite for p in pairs]),
-        "map": to_float([p.map for p in pairs]),
+        "sat_image": to_float(np.stack([p.satellite for p in pairs])),
+        "map_image": to_float(np.stack([p.map for p in pairs])),
         "coords": np.array([(p.lat, p.lon) for p in pairs], np.float32),
     }
 
-
-def save_grid(path, pairs, cols: int = 4):
-    """Writes a PNG contact sheet (satellite | map side by side per pair) for eyeballing."""
-    size = pairs[0].satellite.shape[0]
-    rows = (len(pairs) + cols - 1) // cols
-    sheet = np.full((rows * (size + 4), cols * (2 * size + 8), 3), 255, np.uint8)
-    for k, p in enumerate(pairs):
-        r, c = divmod(k, cols)
-        y, x = r * (size + 4), c * (2 * size + 8)
-        sheet[y:y + size, x:x + size] = p.satellite
-        sheet[y:y + size, x + size:x + 2 * size] = p.map
-    Image.fromarray(sheet).save(path)
