@@ -6,5 +6,6 @@ Modules (imported directly; this package module imports nothing so that the nump
     inception          pytorch-fid's pool3 features in JAX (resize, network)
     distributions      FID (streaming statistics), KID, precision/recall on feature arrays
     pixels             SSIM, PSNR, RMSE on [0, 1] images
+    accumulators       streaming FeatureSet (cacheable) / PairedMeans and distribution_metrics
 LPIPS (alex, vgg) lives in earthmapper_jax.tokenizer.lpips, shared with the tokenizer's loss.
 """

@@ -67,7 +67,11 @@ class FeatureStats:
     @classmethod
     def from_state(cls, state) -> "FeatureStats":
         s = cls(int(np.shape(state["sum"])[0]))
-        s.n, s.sum, s.outer = int(state["n"]), np.array(state["sum"], np.float64), np.array(state["outer"], np.float64)
+        s.n = int(state["n"])
+        s.sum = np.array(state["sum"], np.float64)
+        s.outer = np.array(state["outer"], np.float64)
+        if s.outer.shape != s.sum.shape * 2:
+            raise InputError(f"feature statistics: sum {s.sum.shape} and outer {s.outer.shape} disagree")
         return s
 
 

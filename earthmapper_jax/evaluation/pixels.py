@@ -14,7 +14,6 @@ A split's figure is the mean of the per-image values.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
