@@ -29,11 +29,17 @@ $(STAMP): setup.cfg pyproject.toml
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# examples/demo.py is a script of the repository (it reads configs/ beside it), not a module of
+# the installed package.
 demo: venv
-	$(PY) -m earthmapper_jax.demo --out demo_out
+	$(PY) examples/demo.py --out demo_out
 
+# The CPU benchmark: VAR-mode training step and class-conditional sampling (batch and latency)
+# of the tiny model, the command whose CPU table benchmarks/RESULTS.md records (a few minutes).
+# The GPU comparison with PyTorch VAR (benchmarks/gpu_vs_pytorch.py) needs a VAR checkout and a
+# torch Python, and its --cpu-smoke only checks that pipeline at tiny shapes (no performance).
 bench: venv
-	$(PY) benchmarks/run_cpu.py
+	$(PY) benchmarks/bench_model.py --model tiny --batch 8 --steps 5 --sample-batch 8 --latency
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

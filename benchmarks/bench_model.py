@@ -11,7 +11,9 @@ GPU (issue 6 shapes; random weights, inputs given = pre-tokenised):
 Training step = forward + backward + clip(2.0) + AdamW(0.9, 0.95, wd 0.05) on given inputs
 (labels, teacher-forcing features x (B, L-1, Cvae), target tokens (B, L)), params and optimizer
 state donated. No tokenizer in the step (see the tokenizer's own benchmark for that share).
-FLOPs per training step (transformer only, the formula of shared/PERF-NOTES.md):
+FLOPs per training step (transformer only: 2 per weight and token for the 12·C² weights of
+a layer and the C·V head, 4·L·C per token and layer for attention's two products; x3 with
+the backward pass):
     3 · L · B · (2 · (12 · C² · depth + C · V) + 4 · L · C · depth)
 MFU = achieved FLOP/s / --peak-tflops (default: 989 for H100/H200 dense bf16, none on CPU).
 

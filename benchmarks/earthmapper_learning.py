@@ -1,6 +1,6 @@
 """EarthMapper CPU learning check at benchmark size: layouts and sampler options compared.
 
-Trains the tiny model of earthmapper_jax/learning_check.py (depth 2, width 64, 2400 synthetic
+Trains the tiny model of benchmarks/learning_check.py (depth 2, width 64, 2400 synthetic
 48 px pairs, 800 steps at lr 3e-3, fitted semantic tokenizer V = 16) for each layout and scores held-out
 sat->map translation (greedy) under several sampler settings. Prints one JSON line per run.
 
@@ -10,11 +10,14 @@ sat->map translation (greedy) under several sampler settings. Prints one JSON li
 
 import argparse
 import json
+import os
+import sys
 import time
 
 import numpy as np
 
-from earthmapper_jax import learning_check as lc
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import learning_check as lc  # noqa: E402
 
 LAYOUTS = {
     "directed_group (default)": dict(within_scale="group", directed_rate=0.5),

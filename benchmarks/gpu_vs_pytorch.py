@@ -43,7 +43,9 @@ The JAX cases (random weights; the project's modules, samplers and optimiser rec
 PyTorch side: see torch_var_side.py (VAR's own modules and AmpOptimizer: bf16 autocast, SDPA,
 fp32/TF32 tokenisation, fused AdamW, clip 2.0; autoregressive_infer_cfg with decode).
 
-FLOPs per training step (transformer only, the formula of shared/PERF-NOTES.md):
+FLOPs per training step (transformer only: 2 per weight and token for the 12·C² weights of
+a layer and the C·V head, 4·L·C per token and layer for attention's two products; x3 with
+the backward pass):
     3 * L * B * (2 * (12 * C^2 * depth + C * V) + 4 * L * C * depth)
 with L = 680 (VAR) or 1360 (EarthMapper joint), C = 64 * depth, V = 4096. TFLOP/s = that / step
 time; MFU = TFLOP/s / the card's bf16 dense matmul rate as measured on this workplace's machines
@@ -71,7 +73,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 FLOP_FORMULA = "3·L·B·(2·(12·C²·depth + C·V) + 4·L·C·depth)"
-# bf16 dense matmul rates measured on this workplace's cards (device KINDS.md / PERF-NOTES.md)
+# bf16 dense matmul rates measured on this workplace's cards (below the datasheet peaks)
 PEAK_TFLOPS_BY_CARD = {"H200": 790.0, "H100": 798.0}
 GIB = 2**30
 START = time.time()

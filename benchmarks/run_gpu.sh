@@ -10,7 +10,7 @@
 #         and downloads the one wheel the device image lacks (ml_collections, pure Python)
 #         into .whl/ (ignored). The device machine cannot reach any registry.
 #      b. nothing else: the device image has python3 3.12 with torch, jax[cuda] 0.11.x, flax,
-#         optax, numpy, absl-py, PyYAML, pillow, tqdm (KINDS.md); the project is used from the
+#         optax, numpy, absl-py, PyYAML, pillow, tqdm; the project is used from the
 #         source tree (PYTHONPATH=.), not pip-installed (grain / tensorflow-datasets / crc32c,
 #         which `pip install -e .` would want, are not needed by the benchmark and are absent).
 #

@@ -36,7 +36,7 @@ def log(msg):
 
 
 def train_flops(L, B, C, depth, V):
-    """Transformer-only FLOPs of one training step (fwd + bwd), shared/PERF-NOTES.md."""
+    """Transformer-only FLOPs of one training step (fwd + bwd); see gpu_vs_pytorch.py."""
     return 3 * L * B * (2 * (12 * C * C * depth + C * V) + 4 * L * C * depth)
 
 
@@ -173,8 +173,8 @@ def main(argv=None):
         build_s = time.perf_counter() - t0
         log(f"VAR-d{depth}: {n_params / 1e6:.1f}M params, built in {build_s:.1f}s")
 
-        # VAR's optimiser: fused AdamW (0.9, 0.95), decayed / non-decayed groups (the rule of
-        # var_reference.md §3.3), clip 2.0, bf16 autocast without a scaler (mixed_precision=2).
+        # VAR's optimiser: fused AdamW (0.9, 0.95), decayed / non-decayed groups (VAR trainer's
+        # rule, below), clip 2.0, bf16 autocast without a scaler (mixed_precision=2).
         nowd = ("cls_token", "start_token", "task_token", "cfg_uncond", "pos_embed", "pos_1LC",
                 "pos_start", "start_pos", "lvl_embed", "gamma", "beta", "ada_gss", "moe_bias",
                 "scale_mul")

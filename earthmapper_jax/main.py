@@ -11,6 +11,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from earthmapper_jax.errors import EarthMapperError
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
@@ -22,8 +24,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
-    from earthmapper_jax.errors import EarthMapperError
-    from earthmapper_jax.train.trainer import train_and_evaluate
+    from earthmapper_jax.train.trainer import train_and_evaluate  # jax & co.: after flag parsing
 
     try:
         summary = train_and_evaluate(_CONFIG.value, _WORKDIR.value)

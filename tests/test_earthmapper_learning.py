@@ -1,14 +1,19 @@
 """CPU learning check (~2-3 min): a tiny EarthMapper (depth 2, width 64) trained 800 steps on
 2400 synthetic 48 px pairs translates 64 held-out tiles sat->map clearly better than the
-trivial baselines. Setup and baselines: earthmapper_jax/learning_check.py (fitted semantic
+trivial baselines. Setup and baselines: benchmarks/learning_check.py (fitted semantic
 tokenizer, V = 16; `majority` = the most frequent training map token of each scale,
 `coords_only` = the same model generating the map from the coordinates alone). The decoded
 map's patch-class accuracy is the main figure: exact residual tokens are a harsh measure once a
 coarse scale differs."""
 
+import pathlib
+import sys
+
 import pytest
 
-from earthmapper_jax import learning_check
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks import learning_check  # noqa: E402
 
 
 @pytest.mark.slow

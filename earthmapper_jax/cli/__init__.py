@@ -1,23 +1,19 @@
 """The `earthmapper` command. Each subcommand lives in its own module of this package with
-`register(subparsers)` adding a parser whose `func(args)` runs it."""
+`register(subparsers)` adding a parser whose `func(args)` runs it.
+
+The subcommand modules import only light modules at their top; each `run()` imports the heavy
+libraries (jax, matplotlib, the models) it needs, so `earthmapper --help` starts fast.
+"""
 
 import argparse
-import importlib
 import os
 import sys
 
+from earthmapper_jax.cli import convert, inspect_cmd, plot, prepare, reconstruct, train, translate
 from earthmapper_jax.errors import EarthMapperError
 
-# Modules of this package that define subcommands (in `earthmapper --help` order).
-SUBCOMMAND_MODULES = (
-    "prepare",
-    "inspect_cmd",
-    "convert",
-    "reconstruct",
-    "train",
-    "translate",
-    "plot",
-)
+# In `earthmapper --help` order.
+SUBCOMMANDS = (prepare, inspect_cmd, convert, reconstruct, train, translate, plot)
 
 
 def build_parser():
@@ -25,13 +21,7 @@ def build_parser():
         prog="earthmapper", description="EarthMapper-JAX: satellite <-> map translation."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"earthmapper_jax.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"earthmapper_jax.cli.{name}":
-                continue  # subcommand not built yet
-            raise
+    for module in SUBCOMMANDS:
         module.register(sub)
     return parser
 
@@ -62,7 +52,3 @@ def main(argv=None):
             file=sys.stderr,
         )
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,10 +4,13 @@
     earthmapper convert var var_d16.pth var_d16_dir --tokenizer tokenizer_dir
 
 Each WHAT is one parser of the `convert` subparsers, added by a `_register_<what>` function
-below; the conversion logic lives in the library (importable without the CLI).
+below and run by its `run_<what>`; the conversion logic lives in the library (importable
+without the CLI).
 """
 
 from __future__ import annotations
+
+from earthmapper_jax.errors import InputError
 
 
 def register(subparsers):
@@ -35,11 +38,10 @@ def _register_var_vae(sub):
                    help="token-map sizes per scale, comma-separated; the last must be "
                    "image_size / 16 (default: VAR's set for 256 or 512)")
     p.add_argument("--overwrite", action="store_true", help="replace DST_DIR if it exists")
-    p.set_defaults(func=_run_var_vae)
+    p.set_defaults(func=run_var_vae)
 
 
-def _run_var_vae(args):
-    from earthmapper_jax.errors import InputError
+def run_var_vae(args):
     from earthmapper_jax.tokenizer.convert import convert_var_vae
 
     patch_nums = None
@@ -70,12 +72,12 @@ def _register_var(sub):
     p.add_argument("--link-tokenizer", action="store_true",
                    help="store only a reference to --tokenizer instead of copying it")
     p.add_argument("--overwrite", action="store_true", help="replace DST_DIR if it exists")
-    p.set_defaults(func=_run_var)
+    p.set_defaults(func=run_var)
 
 
-def _run_var(args):
-    from earthmapper_jax.models.convert_var import convert_var_checkpoint
+def run_var(args):
     from earthmapper_jax.io.checkpoint import read_config
+    from earthmapper_jax.models.convert_var import convert_var_checkpoint
 
     out = convert_var_checkpoint(
         args.src, args.dst, args.tokenizer, copy_tokenizer=not args.link_tokenizer,

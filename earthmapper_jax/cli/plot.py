@@ -1,10 +1,10 @@
 """`earthmapper plot WORKDIR`: training curves from WORKDIR/metrics.jsonl to a PNG."""
 
 import math
-import os
 import pathlib
 
 from earthmapper_jax.errors import InputError
+from earthmapper_jax.io import files
 
 # Panels: title -> metric keys drawn in it (those present in the run).
 PANELS = (
@@ -27,19 +27,8 @@ def _ema(values, alpha=0.1):
     return out
 
 
-def plot(workdir, out=None, keys=None) -> pathlib.Path:
-    """Draws the curves of `workdir` to `out` (default WORKDIR/plots/curves.png)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from earthmapper_jax.train.metrics import read_jsonl
-
-    path = pathlib.Path(workdir) / "metrics.jsonl"
-    if not path.exists():
-        raise InputError(f"{workdir}: no metrics.jsonl (is it a training workdir?)")
-    records = read_jsonl(path)
+def series_of(records) -> dict:
+    """{metric: (steps, values)} of the finite numbers in metrics.jsonl records."""
     series = {}
     for r in records:
         for k, v in r.items():
@@ -47,6 +36,12 @@ def plot(workdir, out=None, keys=None) -> pathlib.Path:
                 series.setdefault(k, ([], []))
                 series[k][0].append(r["step"])
                 series[k][1].append(v)
+    return series
+
+
+def panels_of(series, keys=None) -> list:
+    """[(title, metric keys)] to draw: one panel per key in `keys`, else PANELS and the
+    per-scale cross-entropies; panels with nothing recorded are left out."""
     if keys:
         panels = [(k, (k,)) for k in keys]
     else:
@@ -54,13 +49,13 @@ def plot(workdir, out=None, keys=None) -> pathlib.Path:
         panels += [("cross-entropy per scale",
                     sorted((k for k in series if k.startswith("ce_scale_")),
                            key=lambda k: int(k.rsplit("_", 1)[1])))]
-    panels = [(t, ks) for t, ks in panels if any(k in series for k in ks)]
-    if not panels:
-        raise InputError(f"{path}: none of the metrics to plot are recorded")
-    ncol = 2 if len(panels) > 1 else 1
-    nrow = math.ceil(len(panels) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(6 * ncol, 3.2 * nrow), squeeze=False)
-    for ax, (title, ks) in zip(axes.flat, panels):
+    return [(t, ks) for t, ks in panels if any(k in series for k in ks)]
+
+
+def draw(axes: list, panels, series) -> None:
+    """One panel per matplotlib axis (spare axes hidden): sparse series as points, dense
+    ones raw and smoothed."""
+    for ax, (title, ks) in zip(axes, panels):
         for k in ks:
             if k not in series:
                 continue
@@ -76,17 +71,8 @@ def plot(workdir, out=None, keys=None) -> pathlib.Path:
         if title == "learning rate":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
         ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in axes[len(panels):]:
         ax.axis("off")
-    fig.suptitle(str(workdir), fontsize=9)
-    fig.tight_layout()
-    out = pathlib.Path(out) if out else pathlib.Path(workdir) / "plots" / "curves.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
 
 
 def register(subparsers):
@@ -95,11 +81,33 @@ def register(subparsers):
     p.add_argument("workdir", metavar="WORKDIR")
     p.add_argument("--out", default=None, help="PNG path (default WORKDIR/plots/curves.png)")
     p.add_argument("--metrics", default="", help="comma-separated metric names, one panel each")
-    p.set_defaults(func=main)
+    p.set_defaults(func=run)
 
 
-def main(args):
-    keys = [k for k in args.metrics.split(",") if k]
-    out = plot(args.workdir, args.out, keys or None)
+def run(args):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from earthmapper_jax.train.metrics import read_jsonl
+
+    path = pathlib.Path(args.workdir) / "metrics.jsonl"
+    if not path.exists():
+        raise InputError(f"{args.workdir}: no metrics.jsonl (is it a training workdir?)")
+    series = series_of(read_jsonl(path))
+    panels = panels_of(series, [k for k in args.metrics.split(",") if k] or None)
+    if not panels:
+        raise InputError(f"{path}: none of the metrics to plot are recorded")
+    ncol = 2 if len(panels) > 1 else 1
+    nrow = math.ceil(len(panels) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(6 * ncol, 3.2 * nrow), squeeze=False)
+    draw(list(axes.flat), panels, series)
+    fig.suptitle(str(args.workdir), fontsize=9)
+    fig.tight_layout()
+    out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / "plots" / "curves.png"
+    with files.atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
     print(f"wrote {out}")
     return 0

@@ -7,13 +7,13 @@ Prints PSNR and SSIM of the reconstruction against the input. IN/OUT are images 
 
 from __future__ import annotations
 
-import os
 import pathlib
-import tempfile
 
 import numpy as np
+from PIL import Image
 
 from earthmapper_jax.errors import InputError
+from earthmapper_jax.io import images
 
 
 def register(subparsers):
@@ -32,8 +32,11 @@ def register(subparsers):
     p.set_defaults(func=run)
 
 
-def read_image(path) -> np.ndarray:
-    """(H, W, 3) float32 in [-1, 1] from an image file or a .npy array (InputError if not RGB)."""
+def read_input(path) -> np.ndarray:
+    """(H, W, 3) float32 in [-1, 1] from an RGB image file or a .npy array.
+
+    Unlike translate, a grey or RGBA image is refused rather than converted: the PSNR / SSIM
+    printed would otherwise score the tokenizer against an image the user did not give."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such image file")
@@ -45,49 +48,17 @@ def read_image(path) -> np.ndarray:
         if a.ndim != 3 or a.shape[-1] != 3:
             raise InputError(f"{path}: array has shape {a.shape}, expected (H, W, 3) RGB in [-1, 1]")
         return a.astype(np.float32)
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            mode, img = im.mode, im.copy()
-    except (UnidentifiedImageError, OSError) as e:
-        raise InputError(f"{path}: not a readable image ({e})") from None
+    pixels = images.read_image(path)
+    with Image.open(path) as im:  # header only: the mode decode_image converted from
+        mode, bands = im.mode, len(im.getbands())
     if mode != "RGB":
-        bands = len(img.getbands())
         raise InputError(
             f"{path}: image has {bands} channel{'s' * (bands != 1)} ({mode}), expected 3 (RGB)")
-    return np.asarray(img, np.float32) / 127.5 - 1.0
-
-
-def write_image(path, img: np.ndarray) -> None:
-    """Writes (H, W, 3) in [-1, 1] atomically (temp file in the same directory, then rename)."""
-    path = pathlib.Path(path)
-    if not path.parent.is_dir():
-        raise InputError(f"{path.parent}: output directory does not exist")
-    suffix = path.suffix.lower()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".png", dir=path.parent)
-    os.close(fd)
-    try:
-        if suffix == ".npy":
-            np.save(tmp, img.astype(np.float32))
-        else:
-            from PIL import Image
-
-            pixels = np.clip(np.round((img + 1.0) * 127.5), 0, 255).astype(np.uint8)
-            try:
-                Image.fromarray(pixels).save(tmp, format=Image.registered_extensions().get(suffix))
-            except (KeyError, ValueError) as e:
-                raise InputError(f"{path}: cannot write this image format ({e})") from None
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    return images.to_float(pixels)
 
 
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
+    """Bicubic resize of a float image, channel by channel (a .npy input has no 8-bit form)."""
     chans = [Image.fromarray(img[..., c]).resize((size, size), Image.BICUBIC) for c in range(3)]
     return np.clip(np.stack([np.asarray(c) for c in chans], -1), -1, 1).astype(np.float32)
 
@@ -96,7 +67,10 @@ def run(args):
     from earthmapper_jax.tokenizer import load
     from earthmapper_jax.tokenizer.image_metrics import psnr, ssim
 
-    x = read_image(args.input)
+    out_dir = pathlib.Path(args.output).parent
+    if not out_dir.is_dir():
+        raise InputError(f"{out_dir}: output directory does not exist")
+    x = read_input(args.input)
     tok = load(args.tokenizer)
     s, k = tok.image_size, len(tok.patch_nums)
     if args.scales is not None and not 1 <= args.scales <= k:
@@ -110,7 +84,7 @@ def run(args):
     rec = np.asarray(tok.reconstruct(x[None], num_scales=args.scales))
     p = float(psnr(rec, x[None])[0])
     q = float(ssim(rec, x[None])[0])
-    write_image(args.output, rec[0])
+    images.write_image(args.output, rec[0])
     used = k if args.scales is None else args.scales
     print(f"wrote {args.output} (scales 1-{used} of {k}, patch_nums {list(tok.patch_nums[:used])}): "
           f"PSNR {p:.2f} dB, SSIM {q:.4f}")

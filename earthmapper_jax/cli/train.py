@@ -41,7 +41,7 @@ def register(subparsers):
     p.add_argument("--config", required=True, metavar="FILE.py[:ARG]",
                    help="config file (configs/*.py) and its optional argument")
     p.add_argument("--workdir", required=True, help="checkpoints, metrics, samples (local or gs://)")
-    p.set_defaults(func=main)
+    p.set_defaults(func=run)
 
 
 def load_config(config_arg: str, overrides=()):
@@ -72,7 +72,7 @@ def load_config(config_arg: str, overrides=()):
         raise InputError(f"config {config_arg} failed to load: {first}") from None
 
 
-def main(args):
+def run(args):
     from earthmapper_jax.train.trainer import train_and_evaluate
 
     config = load_config(args.config, args.config_overrides)

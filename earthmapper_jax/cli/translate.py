@@ -10,14 +10,13 @@ OUT/<name>_<target>.png at the tokenizer's size, written atomically. Coordinates
 
 from __future__ import annotations
 
-import os
 import pathlib
 
 import numpy as np
 
 from earthmapper_jax.errors import InputError
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+from earthmapper_jax.io import images
+from earthmapper_jax.progress import progress
 
 
 def register(subparsers):
@@ -59,9 +58,9 @@ def list_images(inputs) -> list[pathlib.Path]:
     for item in inputs:
         path = pathlib.Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in images.IMAGE_SUFFIXES)
             if not found:
-                raise InputError(f"{path}: folder has no images ({', '.join(IMAGE_EXTENSIONS)})")
+                raise InputError(f"{path}: folder has no images ({', '.join(images.IMAGE_SUFFIXES)})")
             out += found
         elif path.is_file():
             out.append(path)
@@ -70,36 +69,8 @@ def list_images(inputs) -> list[pathlib.Path]:
     return out
 
 
-def read_tile(path, size: int) -> np.ndarray:
-    """(size, size, 3) float32 in [-1, 1]; InputError for unreadable or non-square images."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.width != im.height:
-                raise InputError(f"{path}: image is {im.width}x{im.height}; expected a square tile")
-            im = im.convert("RGB")
-            if im.width != size:
-                im = im.resize((size, size), Image.BICUBIC)
-            arr = np.asarray(im, np.float32)
-    except (UnidentifiedImageError, OSError) as e:
-        raise InputError(f"{path}: not a readable image ({e.__class__.__name__})") from None
-    return arr / 127.5 - 1.0
-
-
-def write_png(path: pathlib.Path, image: np.ndarray) -> None:
-    from PIL import Image
-
-    arr = np.clip((np.asarray(image, np.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(arr).save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
 def run(args):
     import jax
-    from tqdm import tqdm
 
     import earthmapper_jax
     from earthmapper_jax.sampling import translate
@@ -123,19 +94,20 @@ def run(args):
     options = dict(guidance=guidance, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
                    kpf_tau=args.kpf_tau, complexity=not args.no_complexity,
                    dtype="bfloat16" if args.bf16 else None)
-    with tqdm(total=len(files), desc=f"translate {args.direction}", unit="tile") as bar:
+    with progress(len(files), desc=f"translate {args.direction}", unit="tile") as bar:
         for start in range(0, len(files), args.batch_size):
             chunk = files[start : start + args.batch_size]
-            images = np.stack([read_tile(f, size) for f in chunk])
+            tiles = np.stack([images.to_float(images.read_image(f, size, square=True))
+                              for f in chunk])
             n = len(chunk)
             if n < args.batch_size:  # pad the last batch: one compiled shape for the whole run
-                images = np.concatenate([images, np.repeat(images[-1:], args.batch_size - n, 0)])
-            c = None if coords is None else np.tile(np.asarray(coords, np.float32), (len(images), 1))
-            _, outs = translate(model, images, args.direction, jax.random.fold_in(rng, start),
+                tiles = np.concatenate([tiles, np.repeat(tiles[-1:], args.batch_size - n, 0)])
+            c = None if coords is None else np.tile(np.asarray(coords, np.float32), (len(tiles), 1))
+            _, outs = translate(model, tiles, args.direction, jax.random.fold_in(rng, start),
                                 coords=c, **options)
             outs = np.asarray(outs)
             for f, img in zip(chunk, outs[:n]):
-                write_png(out / f"{f.stem}_{target}.png", img)
+                images.write_image(out / f"{f.stem}_{target}.png", img)
             bar.update(n)
     print(f"wrote {len(files)} {target} tile(s) to {out}")
     return 0

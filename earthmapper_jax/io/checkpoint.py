@@ -8,21 +8,21 @@ managed by `earthmapper_jax.train.checkpoints`.
                        "config": {...}, "meta": {...}}
     DIR/params/       Orbax StandardCheckpointer directory
 
-Writes are atomic: everything goes to a sibling temp directory that is renamed into place.
+Writes are atomic (`io.files.atomic_dir`): everything goes to a sibling staging directory that
+is renamed into place.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import shutil
-import tempfile
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
 from earthmapper_jax.errors import CheckpointError
+from earthmapper_jax.io import files
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -44,28 +44,18 @@ def _to_jsonable(obj):
 def save_params(directory, params, config, *, kind: str, meta: dict | None = None,
                 overwrite: bool = False) -> pathlib.Path:
     """Writes `params` (any pytree of arrays) and `config` (dict or ConfigDict) to `directory`."""
-    import orbax.checkpoint as ocp
-
     directory = pathlib.Path(directory).absolute()
-    if directory.exists() and not overwrite:
-        if any(directory.iterdir()):
-            raise CheckpointError(f"{directory} already exists and is not empty (pass overwrite)")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    params = jax.tree.map(np.asarray, params)
+    doc = {"kind": kind, "format_version": FORMAT_VERSION, "config": _to_jsonable(config),
+           "meta": _to_jsonable(meta or {})}
     try:
-        params = jax.tree.map(np.asarray, params)
-        ckptr = ocp.StandardCheckpointer()
-        ckptr.save(tmp / PARAMS_DIR, params)
-        ckptr.wait_until_finished()
-        doc = {"kind": kind, "format_version": FORMAT_VERSION, "config": _to_jsonable(config),
-               "meta": _to_jsonable(meta or {})}
-        (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True))
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with files.atomic_dir(directory, overwrite=overwrite) as stage:
+            ckptr = ocp.StandardCheckpointer()
+            ckptr.save(stage / PARAMS_DIR, params)
+            ckptr.wait_until_finished()
+            (stage / CONFIG_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True))
+    except FileExistsError:  # raised by atomic_dir before anything is written
+        raise CheckpointError(f"{directory} already exists and is not empty (pass overwrite)") from None
     return directory
 
 
@@ -97,8 +87,6 @@ def load_params(directory, *, expect_kind: str | None = None, target=None):
     `target`: optional pytree of arrays / jax.ShapeDtypeStruct (with shardings) to restore into;
     its structure and shapes must match or a CheckpointError names the first mismatch.
     """
-    import orbax.checkpoint as ocp
-
     directory = pathlib.Path(directory).absolute()
     doc = read_config(directory, expect_kind=expect_kind)
     pdir = directory / PARAMS_DIR

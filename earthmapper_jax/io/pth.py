@@ -25,6 +25,7 @@ import zipfile
 import numpy as np
 
 from earthmapper_jax.errors import CheckpointError
+from earthmapper_jax.io import files
 
 try:  # bfloat16 numpy dtype ships with jax
     from ml_dtypes import bfloat16 as _bf16
@@ -243,7 +244,6 @@ class _TorchFormatPickler(pickle._Pickler):  # the pure-Python pickler lets us a
 
 def save_state_dict(path, state_dict: dict[str, np.ndarray], *, archive_name: str = "archive"):
     """Writes {key: array} as a torch-loadable `.pth` (zip format) without importing torch."""
-    path = os.fspath(path)
     buf = io.BytesIO()
     pickler = _TorchFormatPickler(buf, protocol=2)
     pickler.persistent_storages = []
@@ -256,11 +256,9 @@ def save_state_dict(path, state_dict: dict[str, np.ndarray], *, archive_name: st
             raise ValueError(f"{k}: dtype {arr.dtype} has no torch storage type")
         records[k] = _TensorRecord(str(i), arr)
     pickler.dump(records)
-    tmp = path + ".tmp"
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+    with files.atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
         zf.writestr(f"{archive_name}/data.pkl", buf.getvalue())
         zf.writestr(f"{archive_name}/byteorder", "little")
         for key, arr in pickler.persistent_storages:
             zf.writestr(f"{archive_name}/data/{key}", arr.tobytes())
         zf.writestr(f"{archive_name}/version", "3\n")
-    os.replace(tmp, path)

@@ -1,16 +1,17 @@
-"""Observability: JSONL metrics on process 0, a tqdm progress bar, throughput and MFU."""
+"""Observability: JSONL metrics on process 0, throughput and MFU, progress-bar fields."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import pathlib
 import time
 
 import jax
 import numpy as np
 from etils import epath
+
+from earthmapper_jax.io.files import is_remote, write_text
+from earthmapper_jax.progress import progress
 
 # Dense bf16 peak FLOP/s per device, by `device_kind` prefix (vendor datasheets).
 PEAK_FLOPS = {
@@ -50,11 +51,6 @@ def _scalar(v):
     return v if isinstance(v, (int, str)) else float(v)
 
 
-def is_remote(path) -> bool:
-    """gs://, s3:// ... (object stores: no appends, no renames)."""
-    return "://" in str(path)
-
-
 class JsonlWriter:
     """One JSON object per line ({"step": s, name: value, ...}); process 0 only.
 
@@ -90,7 +86,7 @@ class JsonlWriter:
 
     def flush(self) -> None:
         if self.enabled and self.remote:
-            self.path.write_text("".join(l + "\n" for l in self._lines))
+            write_text(self.path, "".join(l + "\n" for l in self._lines))
             self._last_flush = time.monotonic()
 
     def close(self) -> None:
@@ -111,11 +107,8 @@ class JsonlWriter:
                 keep.append(line)
         if self.remote:
             self._lines = keep
-            self.flush()
-            return
-        tmp = pathlib.Path(str(self.path) + ".tmp")
-        tmp.write_text("".join(l + "\n" for l in keep))
-        os.replace(tmp, self.path)
+        write_text(self.path, "".join(l + "\n" for l in keep))
+        self._last_flush = time.monotonic()
 
 
 def read_jsonl(path) -> list[dict]:
@@ -160,26 +153,9 @@ class Throughput:
 
 
 def progress_bar(total: int, initial: int, enabled: bool):
-    """tqdm bar over steps (its own ETA), or a no-op object."""
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, smoothing=0.1)
-
-
-class _NoBar:
-    def update(self, n=1):
-        pass
-
-    def set_postfix(self, *a, **k):
-        pass
-
-    def write(self, s):
-        print(s, flush=True)
-
-    def close(self):
-        pass
+    """The training loop's bar over steps. A thin alias of `earthmapper_jax.progress.progress`
+    kept for the trainer, which calls it by this name."""
+    return progress(total, unit="step", enabled=enabled, initial=initial)
 
 
 def format_postfix(metrics: dict) -> dict:

@@ -1,26 +1,58 @@
 """`make demo`: the whole pipeline on the procedural synthetic city, on a laptop CPU, in minutes.
 
-    python -m earthmapper_jax.demo --out demo_out [--tokenizer-seconds S] [--earthmapper-seconds S]
+    python examples/demo.py --out demo_out [--tokenizer-seconds S] [--earthmapper-seconds S]
+    python examples/demo.py --out /tmp/demo --smoke      # a few steps each: checks the pipeline
 
 1. synthetic tiles through the real path: `earthmapper prepare synthetic` -> TFRecord -> Grain;
 2. the tiny tokenizer trained by the generic trainer (configs/tokenizer_var.py:tiny), then a
    reconstruction grid of validation tiles with its PSNR;
 3. the tiles pre-tokenised once (`earthmapper prepare tokens`, identity + horizontal flip);
 4. the tiny EarthMapper (configs/earthmapper_train.py:tiny) trained on the tokens, with sample
-   grids [satellite | generated map | real map | map | generated satellite | real satellite].
+   grids [satellite | generated map | real map | map | generated satellite | real satellite];
+then the loss curves of both runs (`earthmapper plot`, WORKDIR/plots/curves.png).
 Everything lands under --out; the last lines printed say where. Both trainings run for a
 wall-clock budget (config.max_train_seconds), so the demo takes about the same time on any
 machine (about 6 minutes on 2 CPU cores); the step counts cap them on fast machines.
+
+A script of the repository, not of the package: it reads configs/ beside it and imports the
+checkout's packages (the repository root goes first on sys.path).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import os
 import pathlib
 import shutil
 import sys
 import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from data_prep import synthetic as syn_prep  # noqa: E402
+from earthmapper_jax import cli  # noqa: E402
+from earthmapper_jax.cli.train import load_config  # noqa: E402
+from earthmapper_jax.data.tokens import prepare_tokens  # noqa: E402
+from earthmapper_jax.io import files  # noqa: E402
+from earthmapper_jax.train.metrics import read_jsonl  # noqa: E402
+from earthmapper_jax.train.trainer import train_and_evaluate  # noqa: E402
+
+# --smoke: enough data for one validation batch, a few steps per training, 4 scales instead of
+# 6, a tokenizer without attention and with one residual block per level, no final evaluation:
+# the same pipeline and every output of a full run in a fraction of the compile time. Nothing
+# is learnt.
+SMOKE = dict(pairs=64, tokenizer_steps=3, earthmapper_steps=3)
+SMOKE_SCALES = "(1,2,4,8)"
+SMOKE_TOKENIZER = dict(model__num_res_blocks=1, model__using_sa=False, model__using_mid_sa=False,
+                       model__patch_nums=SMOKE_SCALES)
+SMOKE_EARTHMAPPER = dict(eval_every_steps=-1, model__patch_nums=SMOKE_SCALES)
+# Compiling dominates a smoke run; XLA's CPU backend compiles about 2x faster unoptimised. XLA
+# reads these flags when JAX starts its backend (the first array), not when jax is imported.
+SMOKE_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 def _say(msg):
@@ -29,20 +61,24 @@ def _say(msg):
 
 def _config(file, arg, **fields):
     """A configs/ file's config with dotted overrides (a__b=v sets a.b)."""
-    from earthmapper_jax.cli.train import load_config
-
-    root = pathlib.Path(__file__).resolve().parents[1]
     overrides = [f"--config.{k.replace('__', '.')}={v}" for k, v in fields.items()]
-    return load_config(f"{root / 'configs' / file}:{arg}", overrides)
+    return load_config(f"{ROOT / 'configs' / file}:{arg}", overrides)
 
 
 def _sample_metrics(workdir):
-    from earthmapper_jax.train.metrics import read_jsonl
-
     out = {}
     for rec in read_jsonl(pathlib.Path(workdir) / "metrics.jsonl"):
         out.update({k.split("/", 1)[1]: v for k, v in rec.items() if k.startswith("sample/")})
     return out
+
+
+def _plot(workdir) -> pathlib.Path:
+    """`earthmapper plot WORKDIR`: the loss curves of a run, as a user draws them."""
+    with contextlib.redirect_stdout(io.StringIO()):  # its "wrote ..." line: the demo says it
+        rc = cli.main(["plot", str(workdir)])
+    if rc:
+        raise SystemExit(f"[demo] earthmapper plot {workdir} failed (its error is above)")
+    return pathlib.Path(workdir) / "plots" / "curves.png"
 
 
 def main(argv=None):
@@ -57,11 +93,13 @@ def main(argv=None):
     p.add_argument("--earthmapper-seconds", type=float, default=120)
     p.add_argument("--earthmapper-steps", type=int, default=2000)
     p.add_argument("--skip-earthmapper", action="store_true")
+    p.add_argument("--smoke", action="store_true",
+                   help=f"pipeline check: {SMOKE['pairs']} pairs, {SMOKE['tokenizer_steps']} "
+                        "steps per training (about 1-2 minutes on 2 CPU cores)")
     args = p.parse_args(argv)
-
-    from data_prep import synthetic as syn_prep
-    from earthmapper_jax.data.tokens import prepare_tokens
-    from earthmapper_jax.train.trainer import train_and_evaluate
+    if args.smoke:
+        vars(args).update(SMOKE)
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SMOKE_XLA_FLAGS}".strip()
 
     t_all = time.time()
     out = pathlib.Path(args.out).absolute()
@@ -83,17 +121,22 @@ def main(argv=None):
     # The tiny tokenizer (64 px, 8x downsampling, scales 1..8); at 32 px one level fewer (4x),
     # so the token grid (and the tiny EarthMapper's scales) stay the same.
     scales = {} if args.size == 64 else {"model__image_size": 32, "model__ch_mult": "(1,1,2)"}
+    smoke = SMOKE_TOKENIZER if args.smoke else {}
     cfg = _config("tokenizer_var.py", "tiny", data__dir=data, data__image_size=args.size,
                   total_steps=args.tokenizer_steps, max_train_seconds=args.tokenizer_seconds,
                   eval_every_steps=-1, sample_batch_size=6, checkpoint__every_steps=10**6,
-                  log_every_steps=10, data__examples_per_epoch=args.pairs * 7 // 8, **scales)
+                  log_every_steps=10, data__examples_per_epoch=args.pairs * 7 // 8,
+                  **scales, **smoke)
     res = train_and_evaluate(cfg, tok_run)
     tok_dir = tok_run / "tokenizer"
     # The run's last sample grid: validation tiles | reconstructions, with their PSNR.
-    shutil.copy(sorted((tok_run / "samples").glob("*.png"))[-1], out / "reconstructions.png")
+    last_grid = sorted((tok_run / "samples").glob("*.png"))[-1]
+    files.write_bytes(out / "reconstructions.png", last_grid.read_bytes())
     m = _sample_metrics(tok_run)
     psnr = {"satellite": m["psnr_satellite"], "map": m["psnr_map"]}
-    summary["tokenizer"] = {"dir": str(tok_dir), "psnr_db": psnr, "seconds": time.time() - t}
+    curves = [_plot(tok_run)]
+    summary["tokenizer"] = {"dir": str(tok_dir), "psnr_db": psnr, "curves": str(curves[0]),
+                            "seconds": time.time() - t}
     _say(f"2/4 tokenizer: {res['step']} steps in {time.time() - t:.0f} s; "
          f"validation PSNR satellite {psnr['satellite']:.2f} dB, map {psnr['map']:.2f} dB "
          f"-> {out / 'reconstructions.png'}")
@@ -110,29 +153,33 @@ def main(argv=None):
         t = time.time()
         em_run = out / "earthmapper_run"
         shutil.rmtree(em_run, ignore_errors=True)
+        em_fields = {"eval_every_steps": 0, **(SMOKE_EARTHMAPPER if args.smoke else {})}
         cfg = _config("earthmapper_train.py", "tiny", data__tokens_dir=tokens,
                       data__image_size=args.size, model__tokenizer_dir=tok_dir,
                       total_steps=args.earthmapper_steps, sample_batch_size=6,
-                      max_train_seconds=args.earthmapper_seconds, eval_every_steps=0,
-                      checkpoint__every_steps=10**6, sample_every_steps=0, log_every_steps=10)
+                      max_train_seconds=args.earthmapper_seconds,
+                      checkpoint__every_steps=10**6, sample_every_steps=0, log_every_steps=10,
+                      **em_fields)
         res = train_and_evaluate(cfg, em_run)
         n = res["step"]
         samples = sorted((em_run / "samples").glob("*.png"))
+        curves.append(_plot(em_run))
         summary["earthmapper"] = {"dir": str(em_run / "model"), "samples": [str(s) for s in samples],
-                                  "final": res["metrics"], "seconds": time.time() - t}
+                                  "curves": str(curves[-1]), "final": res["metrics"],
+                                  "seconds": time.time() - t}
         _say(f"4/4 EarthMapper: {n} steps in {time.time() - t:.0f} s; sample grids "
              f"[satellite | generated map | real map | map | generated satellite | real "
              f"satellite]: {', '.join(str(s) for s in samples)}")
 
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    files.write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
     _say(f"done in {time.time() - t_all:.0f} s. Everything is in {out}:")
     _say(f"  reconstructions  {out / 'reconstructions.png'}")
     _say(f"  tokenizer        {tok_dir}  (earthmapper_jax.tokenizer.load)")
     if "earthmapper" in summary:
         _say(f"  EarthMapper      {em_run / 'model'}  (earthmapper_jax.load)")
         _say(f"  samples          {em_run / 'samples'}")
-    _say(f"  curves           earthmapper plot {tok_run}   /   earthmapper plot "
-         f"{out / 'earthmapper_run'}")
+    _say(f"  metrics          {'   '.join(str(c.parents[1] / 'metrics.jsonl') for c in curves)}")
+    _say(f"  loss curves      {'   '.join(str(c) for c in curves)}  (earthmapper plot WORKDIR)")
     return 0
 
 

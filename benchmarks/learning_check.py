@@ -2,7 +2,9 @@
 
 Used by tests/test_earthmapper_learning.py (`run()`: depth 2, width 64, 2400 pairs of 48 px,
 800 steps, ~1-2 min of training on 2 cores) and benchmarks/earthmapper_learning.py (layout and
-sampler comparisons). Nothing here is needed to train or sample.
+sampler comparisons). Nothing here is needed to train or sample, so it lives beside the
+benchmarks, not in the package; both import it with the repository root on sys.path
+(`from benchmarks import learning_check`).
 
 Tokenizer. Training a VQ-VAE takes far longer than the check may, and the tokens of a random
 VQ-VAE (or of a PCA of pixel patches) carry almost no shared meaning between a satellite tile
@@ -35,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from earthmapper_jax import synthetic
+from earthmapper_jax import scales, synthetic
 from earthmapper_jax import tokenizer as tok_lib
 from earthmapper_jax.models import earthmapper as em
 from earthmapper_jax.models.loading import Model
@@ -160,7 +162,7 @@ def make_data(n, seed=0):
 
 
 def tokens_of(tok, images, batch=128):
-    return np.concatenate([np.asarray(em.flatten_tokens(tok.encode(images[i:i + batch])))
+    return np.concatenate([np.asarray(scales.flatten_tokens(tok.encode(images[i:i + batch])))
                            for i in range(0, len(images), batch)])
 
 
@@ -210,22 +212,21 @@ def evaluate(model, sat, mp, coords, train_map_tokens, **sample_kw):
     kw = dict(top_k=1, top_p=0.0, guidance=(0.0, 0.0, 0.0), decode=False)
     kw.update(sample_kw)
     maps, _ = S.translate(model, sat, "sat2map", jax.random.key(0), coords=coords, **kw)
-    pred = np.asarray(em.flatten_tokens(maps))
+    pred = np.asarray(scales.flatten_tokens(maps))
     (_, gen_map), _ = S.generate(model, coords, jax.random.key(0), top_k=1, top_p=0.0,
                                  guidance=(0.0, 0.0, 0.0), decode=False)
-    coords_only = np.asarray(em.flatten_tokens(gen_map))
-    off = np.cumsum([0] + [p * p for p in pns])
+    coords_only = np.asarray(scales.flatten_tokens(gen_map))
+    offsets = scales.scale_offsets(pns)
     majority = np.concatenate([
-        np.full(p * p, np.bincount(train_map_tokens[:, off[k]:off[k + 1]].ravel(), minlength=tok.vocab_size).argmax())
-        for k, p in enumerate(pns)])[None].repeat(len(true), 0)
+        np.full(e - b, np.bincount(train_map_tokens[:, b:e].ravel(), minlength=tok.vocab_size).argmax())
+        for b, e in offsets])[None].repeat(len(true), 0)
 
-    true_cls = tok.patch_classes(em.split_tokens(jnp.asarray(true), pns))
+    true_cls = tok.patch_classes(scales.split_tokens(jnp.asarray(true), pns))
     out = {}
     for name, t in (("model", pred), ("coords_only", coords_only), ("majority", majority)):
         out[f"acc_{name}"] = float((t == true).mean())
-        out[f"acc_{name}_per_scale"] = [float((t[:, off[k]:off[k + 1]] == true[:, off[k]:off[k + 1]]).mean())
-                                        for k in range(len(pns))]
-        out[f"class_acc_{name}"] = float((tok.patch_classes(em.split_tokens(jnp.asarray(t), pns)) == true_cls).mean())
+        out[f"acc_{name}_per_scale"] = [float((t[:, b:e] == true[:, b:e]).mean()) for b, e in offsets]
+        out[f"class_acc_{name}"] = float((tok.patch_classes(scales.split_tokens(jnp.asarray(t), pns)) == true_cls).mean())
     return out
 
 
