@@ -17,7 +17,7 @@ import numpy as np
 
 
 def _write(d, n, size, fmt):
-    from earthmapper_jax import synthetic
+    from earthmapper_jax.data import synthetic_city as synthetic
     from earthmapper_jax.data import example
     from earthmapper_jax.data.writer import ShardedWriter
 
@@ -50,7 +50,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=10.0)
     args = ap.parse_args()
 
-    from earthmapper_jax import synthetic
+    from earthmapper_jax.data import synthetic_city as synthetic
     from earthmapper_jax.data import example, pipeline, tfrecord
     from earthmapper_jax.data.writer import split_shards
 

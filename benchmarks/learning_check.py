@@ -37,7 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from earthmapper_jax import scales, synthetic
+from earthmapper_jax import scales
+from earthmapper_jax.data import synthetic_city as synthetic
 from earthmapper_jax import tokenizer as tok_lib
 from earthmapper_jax.models import earthmapper as em
 from earthmapper_jax.models.loading import Model

@@ -33,10 +33,10 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from data_prep import synthetic as syn_prep  # noqa: E402
+from earthmapper_jax.data_prep import synthetic as syn_prep  # noqa: E402
 from earthmapper_jax import cli  # noqa: E402
 from earthmapper_jax.cli.train import load_config  # noqa: E402
-from earthmapper_jax.data.tokens import prepare_tokens  # noqa: E402
+from earthmapper_jax.pretokenize import prepare_tokens  # noqa: E402
 from earthmapper_jax.io import files  # noqa: E402
 from earthmapper_jax.train.metrics import read_jsonl  # noqa: E402
 from earthmapper_jax.train.trainer import train_and_evaluate  # noqa: E402
