@@ -16,18 +16,16 @@ dimension it divides.
 A parameter without logical names is an error, not a silent fallback: `param_shardings` raises
 EarthMapperError listing every parameter of FSDP_MIN_SIZE elements or more that has no names,
 and every logical name the rules table does not know (`naming_problems` gives the same list
-without raising). Why raise rather than list: the failure it guards against (a parameter
-renamed or added without names, or a misspelt logical name) costs nothing at run time; it only
-shows much later as memory per device growing with the model (an OOM on the pod, or a
-silently smaller batch). Raising happens in `abstract_train_state`, before anything compiles,
-with the parameter path and the one-line fix, and a list would be lost in the logs. Smaller
-unnamed parameters stay replicated (what the rules would do with them anyway: sharding them
-costs more in collectives than it saves), which keeps a stray bias or norm scale of a test
-model from stopping a run.
+without raising). Why raise rather than list: a renamed or new parameter without names, or a
+misspelt logical name, does not fail anything; it only shows much later as more memory per
+device (an OOM on the pod, or a smaller batch than the hardware allows). The check runs in
+`abstract_train_state`, before anything compiles, and names the parameter and the one-line fix;
+a warning would scroll by in the logs. Smaller unnamed parameters stay replicated (sharding them
+saves little), so a bias or norm scale of a test model does not stop a run.
 
 `PARAM_RULES` (regexes on parameter paths) is a transitional table for the parameters of modules
-that do not annotate yet (the embeddings and heads of models/var.py, earthmapper.py, geo.py,
-semantic.py); it goes once those are annotated.
+that do not annotate yet (embeddings, shared_ada_lin, the geo MLP and the SI head in
+models/var.py, earthmapper.py, geo.py, semantic.py); it goes once those are annotated.
 """
 
 from __future__ import annotations
