@@ -1,5 +1,6 @@
 """Tokenizer training pieces: loss/grad plumbing, a short Adam run, metrics, codebook restarts."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -67,7 +68,7 @@ def test_adam_steps_reduce_reconstruction_error():
 def test_vq_loss_gradients_and_straight_through():
     q = MultiScaleQuantizer(vocab_size=64, z_channels=8, patch_nums=(1, 2, 4, 8))
     f = jax.random.normal(jax.random.key(0), (2, 8, 8, 8))
-    params = jax.jit(q.init)(jax.random.key(1), f)["params"]
+    params = nn.meta.unbox(jax.jit(q.init)(jax.random.key(1), f)["params"])
 
     def vq(p, f):
         return q.apply({"params": p}, f)[1]
@@ -85,7 +86,7 @@ def test_vq_loss_gradients_and_straight_through():
 
 def test_gan_term_trains_both_sides_from_one_scalar():
     config = _config(gan_weight=0.1, disc_ch=32, disc_layers=1)
-    params = losses.init_params(config, jax.random.key(2))
+    params = nn.meta.unbox(losses.init_params(config, jax.random.key(2)))
     assert set(params) == {"vae", "disc"}
     x = jnp.asarray(_images(2))
     vg = jax.value_and_grad(lambda p, b: losses.loss_fn(p, b, None, config), has_aux=True)
@@ -130,7 +131,7 @@ def test_lpips_module_loads_torch_format_weights(tmp_path):
 
 def test_restart_dead_codes_replaces_only_stale_codes():
     config = _config()
-    params = losses.init_params(config, jax.random.key(0))
+    params = nn.meta.unbox(losses.init_params(config, jax.random.key(0)))
     age = jnp.zeros(64, jnp.int32)
     hits = jnp.zeros((4, 64)).at[1, :10].set(3.0)
     for _ in range(5):

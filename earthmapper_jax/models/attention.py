@@ -10,6 +10,8 @@ Public API (stable; the EarthMapper joint model reuses it):
       Parameters (VAR's names, fp32): mat_qkv/kernel (C, 3C) with columns [q | k | v], each
       head-major (H, D); q_bias (C,); v_bias (C,) (the key bias is fixed at zero); scale_mul (H,)
       (only if attn_l2_norm; VAR's scale_mul_1H11, init ln 4); proj/{kernel (C, C), bias (C,)}.
+      Logical axes (train/sharding.py maps them to the mesh): mat_qkv ("embed", "qkv"),
+      q_bias/v_bias ("qkv",), scale_mul ("heads",), proj ("qkv", "embed") and bias ("embed",).
 
       attn_l2_norm=True: q and k are L2-normalised over the head dim (in fp32), q is multiplied
       by exp(min(scale_mul, ln 100)), and the softmax scale is 1.
@@ -18,6 +20,7 @@ Public API (stable; the EarthMapper joint model reuses it):
       implementation: None / "xla" / "cudnn" go to `jax.nn.dot_product_attention`; "auto" is
       "cudnn" on an NVIDIA GPU with bf16/fp16 compute, else "xla"; "einsum" is an explicit fp32
       softmax(q k^T) v (exact parity path, the reference for tests). cuDNN needs bf16/fp16.
+      The model configs' check_config validates it (InputError); here it is only asserted.
 
       mask: boolean, True = attend, broadcastable to (B, H, Lq, Lk), or a masks.BlockCausal
       description (built into a boolean mask in-graph; see `masks.py`).
@@ -129,8 +132,7 @@ def resolve_auto(dtype) -> str:
 
 def attend(q, k, v, *, mask=None, scale: float = 1.0, implementation=None):
     """softmax(scale * q k^T, masked) v with q (B, Lq, H, D), k/v (B, Lk, H, D) -> (B, Lq, H, D)."""
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"attention implementation {implementation!r}; expected one of {IMPLEMENTATIONS}")
+    assert implementation in IMPLEMENTATIONS, implementation  # check_config validated it
     if implementation == "auto":
         implementation = resolve_auto(q.dtype)
     if implementation == "einsum":
@@ -170,9 +172,11 @@ class SelfAttention(nn.Module):
             mask = mask.to_mask()
         D = C // H
         tn = var_trunc_normal(self.init_std)
-        qkv = nn.Dense(3 * C, use_bias=False, dtype=self.dtype, kernel_init=tn, name="mat_qkv")(x)
-        q_bias = self.param("q_bias", nn.initializers.zeros, (C,), jnp.float32)
-        v_bias = self.param("v_bias", nn.initializers.zeros, (C,), jnp.float32)
+        qkv = nn.Dense(3 * C, use_bias=False, dtype=self.dtype, name="mat_qkv",
+                       kernel_init=nn.with_logical_partitioning(tn, ("embed", "qkv")))(x)
+        bias_init = nn.with_logical_partitioning(nn.initializers.zeros, ("qkv",))
+        q_bias = self.param("q_bias", bias_init, (C,), jnp.float32)
+        v_bias = self.param("v_bias", bias_init, (C,), jnp.float32)
         qkv = qkv.reshape(B, Lq, 3, H, D)
         q = qkv[:, :, 0] + q_bias.reshape(H, D).astype(qkv.dtype)
         k = qkv[:, :, 1]  # zero key bias
@@ -180,7 +184,9 @@ class SelfAttention(nn.Module):
 
         if self.attn_l2_norm:
             log_scale = self.param(
-                "scale_mul", nn.initializers.constant(INIT_LOG_SCALE), (H,), jnp.float32
+                "scale_mul",
+                nn.with_logical_partitioning(nn.initializers.constant(INIT_LOG_SCALE), ("heads",)),
+                (H,), jnp.float32,
             )
             s = jnp.exp(jnp.minimum(log_scale, MAX_LOG_SCALE))
             # normalise in fp32: bf16 norms of 64-d vectors lose the cosine's precision
@@ -199,6 +205,9 @@ class SelfAttention(nn.Module):
         out = attend(q, k, v, mask=mask, scale=scale, implementation=self.implementation)
         out = out.reshape(B, Lq, C)
         y = nn.Dense(
-            C, dtype=self.dtype, kernel_init=scaled_init(tn, self.proj_init_scale), name="proj"
+            C, dtype=self.dtype, name="proj",
+            kernel_init=nn.with_logical_partitioning(
+                scaled_init(tn, self.proj_init_scale), ("qkv", "embed")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
         )(out)
         return y, new_cache

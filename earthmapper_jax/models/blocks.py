@@ -43,7 +43,15 @@ Public API (stable; the EarthMapper joint model reuses it):
 
     stack_block_params(params, depth) / unstack_block_params(params, depth): move between the
       unrolled (layer_i) and scanned (layers/block, leading axis) parameter layouts of any tree
-      containing them.
+      containing them (plain arrays: unbox first).
+
+Sharding: parameters are created with logical axis names (`nn.with_logical_partitioning`; the
+scanned layer axis is None), so `init` returns `nn.LogicallyPartitioned` boxes that
+`nn.meta.unbox` turns into VAR's plain tree; block inputs/outputs carry ACT_AXES constraints
+(no-ops without a mesh and `nn.logical_axis_rules`). train/sharding.py maps names to the mesh.
+Settings (remat, attention) are validated by the models' check_config, only asserted here.
+The module is a little over 400 lines: the block, both stack layouts, their KV caches and the
+layout converters change together.
 """
 
 from __future__ import annotations
@@ -58,6 +66,12 @@ import numpy as np
 from earthmapper_jax.models.attention import SelfAttention, scaled_init, var_trunc_normal
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+ACT_AXES = ("act_batch", "act_len", "act_emb")  # the (B, L, C) hidden state between blocks
+_ZEROS = nn.initializers.zeros_init()
+
+
+def _named(init, *names):
+    return nn.with_logical_partitioning(init, names)
 
 
 def layer_norm(x, eps: float = 1e-6):
@@ -115,10 +129,13 @@ class FFN(nn.Module):
     def __call__(self, x):
         C = x.shape[-1]
         tn = var_trunc_normal(self.init_std)
-        h = nn.Dense(self.hidden, dtype=self.dtype, kernel_init=tn, name="fc1")(x)
+        h = nn.Dense(self.hidden, dtype=self.dtype, name="fc1",
+                     kernel_init=_named(tn, "embed", "mlp"), bias_init=_named(_ZEROS, "mlp"))(x)
         h = jax.nn.gelu(h, approximate=True)
         return nn.Dense(
-            C, dtype=self.dtype, kernel_init=scaled_init(tn, self.out_init_scale), name="fc2"
+            C, dtype=self.dtype, name="fc2",
+            kernel_init=_named(scaled_init(tn, self.out_init_scale), "mlp", "embed"),
+            bias_init=_named(_ZEROS, "embed"),
         )(h)
 
 
@@ -141,17 +158,20 @@ class AdaLNSelfAttn(nn.Module):
     def __call__(self, x, cond, mask=None, cache=None, cache_offset=None, drop_rate=0.0,
                  deterministic=True, cache_layer=None):
         C = x.shape[-1]
+        x = nn.with_logical_constraint(x, ACT_AXES)
         out_scale = 1.0 / np.sqrt(2 * self.depth)
         if self.shared_aln:
             gss = self.param(
-                "ada_gss", _ada_gss_init(C, self.init_adaln, self.init_adaln_gamma), (6, C), jnp.float32
+                "ada_gss",
+                _named(_ada_gss_init(C, self.init_adaln, self.init_adaln_gamma), None, "embed"),
+                (6, C), jnp.float32,
             )
             mod = cond.astype(jnp.float32) + gss  # (B, 6, C)
         else:
+            ada_init = _ada_lin_init(self.init_std, C, 2, self.init_adaln, self.init_adaln_gamma)
             mod = nn.Dense(
-                6 * C, dtype=self.dtype,
-                kernel_init=_ada_lin_init(self.init_std, C, 2, self.init_adaln, self.init_adaln_gamma),
-                name="ada_lin",
+                6 * C, dtype=self.dtype, name="ada_lin",
+                kernel_init=_named(ada_init, "embed", "adaln"), bias_init=_named(_ZEROS, "adaln"),
             )(nn.silu(cond.astype(self.dtype)))
             mod = mod.astype(jnp.float32).reshape(-1, 6, C)
         gamma1, gamma2, scale1, scale2, shift1, shift2 = [mod[:, i, None, :] for i in range(6)]
@@ -173,7 +193,7 @@ class AdaLNSelfAttn(nn.Module):
         h = FFN(round(C * self.mlp_ratio), dtype=self.dtype, init_std=self.init_std,
                 out_init_scale=out_scale, name="ffn")(h.astype(self.dtype))
         x = x + drop_path(h.astype(jnp.float32) * gamma2, drop_rate, r2, deterministic).astype(x.dtype)
-        return x, cache
+        return nn.with_logical_constraint(x, ACT_AXES), cache
 
 
 class _ScanBody(nn.Module):
@@ -200,13 +220,12 @@ class _ScanBody(nn.Module):
 
 
 def _remat_policy(name: str):
+    assert name in REMAT_POLICIES[1:], name  # check_config validated it
     if name == "full":
         return None  # save nothing
     if name == "dots":
         return jax.checkpoint_policies.checkpoint_dots
-    if name == "dots_no_batch":
-        return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
-    raise ValueError(f"remat={name!r}; expected one of {REMAT_POLICIES}")
+    return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
 
 
 def _maybe_remat(cls, remat: str, in_scan: bool):
@@ -250,8 +269,6 @@ class BlockStack(nn.Module):
     @nn.compact
     def __call__(self, x, cond, mask=None, caches=None, cache_offset=None, deterministic=True,
                  capture_layer=None):
-        if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"remat={self.remat!r}; expected one of {REMAT_POLICIES}")
         rates = self.drop_rates()
         given_stacked = caches is not None and _is_stacked(caches)
         if caches is not None and given_stacked != self.scan_layers:
@@ -272,7 +289,8 @@ class BlockStack(nn.Module):
                 variable_axes={"params": 0},
                 split_rngs={"params": True, "dropout": True},
                 in_axes=(nn.broadcast, nn.broadcast, 0),
-                length=self.depth,
+                length=self.depth,  # the layer axis is unsharded: each step needs its whole layer
+                metadata_params={nn.PARTITION_NAME: None},
             )
             layer = {"idx": jnp.arange(self.depth, dtype=jnp.int32), "rate": jnp.asarray(rates)}
             init_captured = jnp.zeros_like(x) if capture_layer is not None else None
@@ -307,9 +325,10 @@ class AdaLNBeforeHead(nn.Module):
     def __call__(self, x, cond):
         C = x.shape[-1]
         mod = nn.Dense(
-            2 * C, dtype=jnp.float32,
-            kernel_init=scaled_init(var_trunc_normal(self.init_std), self.init_adaln),
-            name="ada_lin",
+            2 * C, dtype=jnp.float32, name="ada_lin",
+            kernel_init=_named(scaled_init(var_trunc_normal(self.init_std), self.init_adaln),
+                               "embed", "adaln"),
+            bias_init=_named(_ZEROS, "adaln"),
         )(nn.silu(cond.astype(jnp.float32)))
         scale, shift = mod[:, None, :C], mod[:, None, C:]
         return layer_norm(x, self.norm_eps) * (1.0 + scale) + shift
@@ -326,10 +345,11 @@ class LogitsHead(nn.Module):
     @nn.compact
     def __call__(self, x):
         kernel = self.param(
-            "kernel", scaled_init(var_trunc_normal(self.init_std), self.init_scale),
+            "kernel",
+            _named(scaled_init(var_trunc_normal(self.init_std), self.init_scale), "embed", "vocab"),
             (x.shape[-1], self.features), jnp.float32,
         )
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        bias = self.param("bias", _named(_ZEROS, "vocab"), (self.features,), jnp.float32)
         y = jax.lax.dot_general(
             x.astype(self.dtype), kernel.astype(self.dtype),
             (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32,

@@ -23,6 +23,7 @@ import re
 import shutil
 import tempfile
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -150,10 +151,10 @@ def var_state_dict_to_params(sd: dict, patch_nums=None):
     cfg = detect_config(sd, patch_nums)
     module = var_lib.build(cfg)
     L = sum(p * p for p in cfg.patch_nums)
-    abstract = jax.eval_shape(
+    abstract = nn.meta.unbox(jax.eval_shape(
         module.init, jax.random.key(0), jnp.zeros((1,), jnp.int32),
         jnp.zeros((1, L - module.first_l, cfg.cvae), jnp.float32),
-    )["params"]
+    )["params"])
     want = {tuple(k.key for k in path): leaf.shape
             for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]}
 

@@ -465,15 +465,25 @@ VAR_SHARED = ("word_embed", "pos_start", "pos_1LC", "lvl_embed", "shared_ada_lin
               "head_nm", "head")
 
 
-def init_params(config, rng, var_init_dir=None):
-    """Fresh params (see module doc); from a converted VAR directory when one is given."""
+def init_params(config, rng, var_init_dir=None, *, boxed=False):
+    """Fresh params (see module doc); from a converted VAR directory when one is given.
+    Plain arrays, or with boxed=True the `nn.LogicallyPartitioned` boxes of `module.init`
+    (the training task's params: the trainer shards by their logical names)."""
     mc = _model_config(config)
     module = build(mc)
-    params = jax.jit(module.init)(rng, *_dummy_inputs(module))["params"]
+    boxes = jax.jit(module.init)(rng, *_dummy_inputs(module))["params"]
+    params = nn.meta.unbox(boxes)
     var_init_dir = var_init_dir or mc.get("var_init", None)
     if var_init_dir:
         params = init_from_var(params, mc, var_init_dir)
+    if boxed:
+        params = jax.tree.map(lambda b, p: b.replace_boxed(p) if _is_box(b) else p, boxes, params,
+                              is_leaf=_is_box)
     return params
+
+
+def _is_box(x):
+    return isinstance(x, nn.meta.AxisMetadata)
 
 
 def init_from_var(params, mc, var_dir):

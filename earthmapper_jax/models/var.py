@@ -239,12 +239,13 @@ def build(c, **overrides) -> VAR:
 
 
 def init_params(c, rng):
-    """Fresh fp32 parameters with VAR's init_weights (for training from scratch)."""
+    """Fresh fp32 parameters with VAR's init_weights (for training from scratch), plain arrays
+    (`module.init` boxes them with their logical axis names)."""
     module = build(c)
     L = sum(p * p for p in module.patch_nums)
     labels = jnp.zeros((1,), jnp.int32)
     x = jnp.zeros((1, L - module.first_l, module.cvae), jnp.float32)
-    return jax.jit(module.init)(rng, labels, x)["params"]
+    return nn.meta.unbox(jax.jit(module.init)(rng, labels, x)["params"])
 
 
 def forward(module: VAR, params, labels, x_BLCv_wo_first_l, *, deterministic=True, rngs=None):

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from earthmapper_jax.errors import CheckpointError, InputError
-from earthmapper_jax.tokenizer.config import model_config, seq_len
+from earthmapper_jax.io.checkpoint import load_params, read_config, save_params
+from earthmapper_jax.scales import seq_len
+from earthmapper_jax.tokenizer.config import model_config
 from earthmapper_jax.tokenizer.model import VQVAE
 
 CHECKPOINT_KIND = "tokenizer"
@@ -105,13 +108,30 @@ def param_shapes(cfg):
     return _param_shapes(_freeze(model_config(cfg)))
 
 
+def logically_partitioned(params, cfg):
+    """`params` wrapped in the `nn.LogicallyPartitioned` boxes VQVAE declares (what
+    `VQVAE.init` returns): the trainer reads each parameter's logical axis names from them."""
+    boxes = _boxed_shapes(_freeze(model_config(cfg)))
+    return jax.tree.map(lambda box, p: box.replace_boxed(p), boxes, params, is_leaf=_is_box)
+
+
+def _is_box(x) -> bool:
+    return isinstance(x, nn.meta.AxisMetadata)
+
+
 @functools.lru_cache(maxsize=16)
-def _param_shapes(frozen_cfg: tuple):
+def _boxed_shapes(frozen_cfg: tuple):
     cfg = dict(frozen_cfg)
     s = cfg["image_size"]
     return jax.eval_shape(
         lambda: VQVAE(cfg).init(jax.random.key(0), jnp.zeros((1, s, s, 3)))["params"]
     )
+
+
+@functools.lru_cache(maxsize=16)
+def _param_shapes(frozen_cfg: tuple):
+    # `.value`, not nn.meta.unbox: under the trainer's mesh unbox would add sharding constraints
+    return jax.tree.map(lambda box: box.value, _boxed_shapes(frozen_cfg), is_leaf=_is_box)
 
 
 def check_params(params, cfg, where="params"):
@@ -155,7 +175,7 @@ class Tokenizer:
         self.image_size = self.config["image_size"]
         self.vocab_size = self.config["vocab_size"]
         self.z_channels = self.config["z_channels"]
-        self.seq_len = seq_len(self.config)
+        self.seq_len = seq_len(self.patch_nums)
 
     # -- construction -------------------------------------------------------------------------
 
@@ -171,8 +191,6 @@ class Tokenizer:
         return cls(init_params(config, rng), config)
 
     def save(self, directory, *, overwrite: bool = False, meta: dict | None = None):
-        from earthmapper_jax.io.checkpoint import save_params
-
         return save_params(directory, self.params, self.config, kind=CHECKPOINT_KIND,
                            meta=meta, overwrite=overwrite)
 
@@ -307,8 +325,6 @@ class Tokenizer:
 
 def load(directory) -> Tokenizer:
     """Loads a tokenizer directory (written by `earthmapper convert var-vae` or training)."""
-    from earthmapper_jax.io.checkpoint import load_params, read_config
-
     doc = read_config(directory, expect_kind=CHECKPOINT_KIND)
     try:
         cfg = model_config(doc["config"])

@@ -37,15 +37,6 @@ def downsample_factor(cfg) -> int:
     return 2 ** (len(cfg["ch_mult"]) - 1)
 
 
-def latent_size(cfg) -> int:
-    return cfg["image_size"] // downsample_factor(cfg)
-
-
-def seq_len(cfg) -> int:
-    """L = sum of pn^2 over the scales (tokens per image)."""
-    return sum(p * p for p in cfg["patch_nums"])
-
-
 def model_config(cfg=None, **overrides) -> dict:
     """Returns a complete, checked tokenizer config dict from a partial one (dict/ConfigDict)."""
     out = dict(DEFAULTS)

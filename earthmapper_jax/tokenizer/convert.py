@@ -38,6 +38,9 @@ import jax
 import numpy as np
 
 from earthmapper_jax.errors import CheckpointError, InputError
+from earthmapper_jax.io.checkpoint import save_params
+from earthmapper_jax.io.pth import load_state_dict
+from earthmapper_jax.tokenizer import CHECKPOINT_KIND, param_shapes
 from earthmapper_jax.tokenizer.config import PATCH_NUMS_256, PATCH_NUMS_512, model_config
 
 IGNORED_KEYS = ("quantize.ema_vocab_hit_SV",)
@@ -140,8 +143,6 @@ def infer_architecture(sd: dict, where: str = "checkpoint") -> dict:
 def convert_state_dict(sd: dict, *, image_size: int = 256, patch_nums=None,
                        where: str = "checkpoint"):
     """(params, config) for a VAR VQ-VAE state dict {key: array}."""
-    from earthmapper_jax.tokenizer import param_shapes
-
     if patch_nums is None:
         if image_size not in _DEFAULT_PATCH_NUMS:
             raise InputError(
@@ -172,10 +173,6 @@ def convert_state_dict(sd: dict, *, image_size: int = 256, patch_nums=None,
 def convert_var_vae(src, dst, *, image_size: int = 256, patch_nums=None,
                     overwrite: bool = False):
     """Reads VAR's VQ-VAE .pth at `src`, writes a tokenizer directory `dst`; returns its config."""
-    from earthmapper_jax.io.checkpoint import save_params
-    from earthmapper_jax.io.pth import load_state_dict
-    from earthmapper_jax.tokenizer import CHECKPOINT_KIND
-
     sd = load_state_dict(src)
     params, cfg = convert_state_dict(sd, image_size=image_size, patch_nums=patch_nums,
                                      where=str(src))

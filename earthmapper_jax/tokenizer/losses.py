@@ -30,9 +30,11 @@ import jax.numpy as jnp
 import ml_collections
 
 from earthmapper_jax.tokenizer import init_params as _init_vae
+from earthmapper_jax.tokenizer import logically_partitioned
 from earthmapper_jax.tokenizer.config import model_config
 from earthmapper_jax.tokenizer.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
 from earthmapper_jax.tokenizer.image_metrics import psnr
+from earthmapper_jax.tokenizer.lpips import load_lpips, lpips_distance
 from earthmapper_jax.tokenizer.model import VQVAE
 
 LOSS_DEFAULTS = dict(
@@ -68,10 +70,12 @@ def _disc(config, lc) -> PatchDiscriminator:
 
 
 def init_params(config, rng):
-    """{"vae": ..., "disc": ...}; "disc" only when config.loss.gan_weight > 0."""
+    """{"vae": ..., "disc": ...}; "disc" only when config.loss.gan_weight > 0. Leaves are
+    `nn.LogicallyPartitioned` boxes (the trainer shards by their names); `nn.meta.unbox` gives
+    the plain arrays."""
     lc = loss_config(config)
     k_vae, k_disc = jax.random.split(rng)
-    params = {"vae": _init_vae(config.model, k_vae)}
+    params = {"vae": logically_partitioned(_init_vae(config.model, k_vae), config.model)}
     if lc["gan_weight"] > 0:
         s = model_config(config.model)["image_size"]
         params["disc"] = _disc(config, lc).init(k_disc, jnp.zeros((1, s, s, 3)))["params"]
@@ -89,8 +93,6 @@ def tokenizer_loss(params, images, rng, config):
     lc = loss_config(config)
     lpips_params = None
     if lc["lpips_weight"] > 0:  # first, so missing weight files fail before any compute
-        from earthmapper_jax.tokenizer.lpips import load_lpips
-
         lpips_params = load_lpips(lc["lpips_vgg_path"], lc["lpips_lin_path"])
     x = images.astype(jnp.float32)
     rec, vq_loss, hits, _ = _vae(config).apply({"params": params["vae"]}, x)
@@ -100,8 +102,6 @@ def tokenizer_loss(params, images, rng, config):
     metrics = {"rec_l1": l1, "rec_l2": l2, "vq_loss": vq_loss,
                "psnr": jnp.mean(psnr(jnp.clip(rec, -1, 1), x))}
     if lpips_params is not None:
-        from earthmapper_jax.tokenizer.lpips import lpips_distance
-
         lp = jnp.mean(lpips_distance(lpips_params, rec, x))
         loss = loss + lc["lpips_weight"] * lp
         metrics["lpips"] = lp

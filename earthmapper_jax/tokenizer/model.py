@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from earthmapper_jax.tokenizer.config import model_config
 from earthmapper_jax.tokenizer.quantizer import MultiScaleQuantizer
-from earthmapper_jax.tokenizer.vqvae import Decoder, Encoder
+from earthmapper_jax.tokenizer.vqvae import CONV_INIT, Decoder, Encoder
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -36,8 +36,9 @@ class VQVAE(nn.Module):
         self.decoder = Decoder(**common)
         ks = c["quant_conv_ks"]
         pad = ((ks // 2, ks // 2),) * 2
-        self.quant_conv = nn.Conv(c["z_channels"], (ks, ks), padding=pad, dtype=dt)
-        self.post_quant_conv = nn.Conv(c["z_channels"], (ks, ks), padding=pad, dtype=dt)
+        z = c["z_channels"]
+        self.quant_conv = nn.Conv(z, (ks, ks), padding=pad, dtype=dt, **CONV_INIT)
+        self.post_quant_conv = nn.Conv(z, (ks, ks), padding=pad, dtype=dt, **CONV_INIT)
         self.quantize = MultiScaleQuantizer(
             vocab_size=c["vocab_size"],
             z_channels=c["z_channels"],

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from earthmapper_jax.tokenizer.resize import area_resize, bicubic_resize
+from earthmapper_jax.tokenizer.vqvae import CONV_INIT
 
 _HI = jax.lax.Precision.HIGHEST
 
@@ -74,7 +75,7 @@ class Phi(nn.Module):
 
     @nn.compact
     def __call__(self, h):
-        conv = nn.Conv(h.shape[-1], (3, 3), padding=((1, 1), (1, 1)), name="conv")
+        conv = nn.Conv(h.shape[-1], (3, 3), padding=((1, 1), (1, 1)), name="conv", **CONV_INIT)
         r = abs(self.ratio)
         return h * (1.0 - r) + conv(h) * r
 
@@ -101,6 +102,7 @@ class MultiScaleQuantizer(nn.Module):
             init = _shifted(init, -abs(e) / v)
         else:
             init = nn.initializers.normal(stddev=1.0)  # torch nn.Embedding's default
+        init = nn.with_logical_partitioning(init, ("codebook", None))
         self.codebook = self.param("codebook", init, (v, self.z_channels), jnp.float32)
         k = len(self.patch_nums)
         if abs(self.quant_resi) > 1e-6:
@@ -139,8 +141,8 @@ class MultiScaleQuantizer(nn.Module):
 
     def _check_fmap(self, f):
         full = self.patch_nums[-1]
-        if f.shape[1:] != (full, full, self.z_channels):
-            raise ValueError(f"feature map {f.shape[1:]} != expected ({full}, {full}, {self.z_channels})")
+        # Tokenizer.check_images / check_fhat and the config check guarantee this.
+        assert f.shape[1:] == (full, full, self.z_channels), (f.shape, full, self.z_channels)
 
     # -- tokenizing / detokenizing ------------------------------------------------------------
 

@@ -11,6 +11,11 @@ Submodule names mirror VAR's state-dict keys (`down.2.block.0` -> `down_2_block_
 
 `dtype` is the compute dtype (e.g. bfloat16); parameters stay float32. Normalisation statistics
 and the attention softmax are computed in float32 whatever `dtype` is.
+
+Parameters carry logical axis names (train/sharding.py maps them to the mesh): conv kernels
+CONV_AXES, the 1x1 convs that are Dense layers ("conv_in", "conv_out"), biases ("conv_out",),
+GroupNorm scale/bias ("norm",). Block outputs carry the activation constraint ACT_AXES (a no-op
+unless a mesh and `nn.logical_axis_rules` are active, as in the trainer).
 """
 
 from typing import Any, Sequence
@@ -21,6 +26,23 @@ import jax.numpy as jnp
 
 # GroupNorm groups in every VAR norm layer; channel counts must be multiples of it.
 NUM_GROUPS = 32
+
+CONV_AXES = ("conv_h", "conv_w", "conv_in", "conv_out")
+ACT_AXES = ("act_batch", None, None, "act_emb")  # NHWC feature maps
+# Flax's default initialisers (LeCun normal kernels, zero biases, unit norm scales), named.
+CONV_INIT = dict(
+    kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), CONV_AXES),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("conv_out",)),
+)
+DENSE_INIT = dict(  # the 1x1 convs that are Dense layers
+    kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
+                                             ("conv_in", "conv_out")),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("conv_out",)),
+)
+NORM_INIT = dict(
+    scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
+)
 
 
 def _conv(features, kernel, name, dtype, stride=1, padding=None):
@@ -34,6 +56,7 @@ def _conv(features, kernel, name, dtype, stride=1, padding=None):
         dtype=dtype,
         param_dtype=jnp.float32,
         name=name,
+        **CONV_INIT,
     )
 
 
@@ -46,6 +69,7 @@ def _norm(name, dtype):
         param_dtype=jnp.float32,
         use_fast_variance=False,
         name=name,
+        **NORM_INIT,
     )
 
 
@@ -58,8 +82,8 @@ class ResnetBlock(nn.Module):
         h = _conv(self.out_channels, 3, "conv1", self.dtype)(nn.silu(_norm("norm1", self.dtype)(x)))
         h = _conv(self.out_channels, 3, "conv2", self.dtype)(nn.silu(_norm("norm2", self.dtype)(h)))
         if x.shape[-1] != self.out_channels:
-            x = nn.Dense(self.out_channels, dtype=self.dtype, name="nin_shortcut")(x)
-        return x + h
+            x = nn.Dense(self.out_channels, dtype=self.dtype, name="nin_shortcut", **DENSE_INIT)(x)
+        return nn.with_logical_constraint(x + h, ACT_AXES)
 
 
 class AttnBlock(nn.Module):
@@ -70,12 +94,14 @@ class AttnBlock(nn.Module):
     @nn.compact
     def __call__(self, x):
         b, hh, ww, c = x.shape
-        qkv = nn.Dense(3 * c, dtype=self.dtype, name="qkv")(_norm("norm", self.dtype)(x))
+        h = _norm("norm", self.dtype)(x)
+        qkv = nn.Dense(3 * c, dtype=self.dtype, name="qkv", **DENSE_INIT)(h)
         q, k, v = jnp.split(qkv.reshape(b, hh * ww, 3 * c), 3, axis=-1)  # channel order q | k | v
         logits = jnp.einsum("bqc,bkc->bqk", q, k).astype(jnp.float32) * (c**-0.5)
         w = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
         h = jnp.einsum("bqk,bkc->bqc", w, v).reshape(b, hh, ww, c)
-        return x + nn.Dense(c, dtype=self.dtype, name="proj_out")(h)
+        h = nn.Dense(c, dtype=self.dtype, name="proj_out", **DENSE_INIT)(h)
+        return nn.with_logical_constraint(x + h, ACT_AXES)
 
 
 def downsample(x, name, dtype):

@@ -1,11 +1,31 @@
 """Mesh, logical-axis rules and shardings: one code path from 1 CPU to a TPU pod.
 
 The mesh always has the axes ("data", "fsdp", "tensor"); sizes come from `config.mesh`
-(-1 = fill with the remaining devices, size-1 axes are harmless). A parameter's logical axis
-names come from its `nn.with_logical_partitioning` box, else from `PARAM_RULES` (regexes on its
-path, for models that do not annotate); `LOGICAL_AXIS_RULES` maps logical names to mesh axes.
-A parameter with no names is FSDP-sharded on its largest dimension that the "fsdp" axis
-divides, so any model scales. A mesh axis is only used on a dimension it divides.
+(-1 = fill with the remaining devices, size-1 axes are harmless).
+
+Sharding is declared where parameters are created: every parameter of the transformer
+(models/attention.py, models/blocks.py) and of the tokenizer (tokenizer/vqvae.py, quantizer.py,
+discriminator.py) is made with `nn.with_logical_partitioning(init, names)`, so `module.init`
+returns `nn.LogicallyPartitioned` boxes carrying logical axis names ("embed", "mlp", ...).
+`LOGICAL_AXIS_RULES` below is the one table from logical names to mesh axes (a config may
+replace it with `config.sharding_rules`). Activations are named the same way with
+`nn.with_logical_constraint` ("act_*" names); that only acts under `jax.set_mesh(mesh)` and
+`nn.logical_axis_rules(rules)`, as the trainer runs its steps. A mesh axis is only used on a
+dimension it divides.
+
+A parameter without logical names is an error, not a silent fallback: `param_shardings` raises
+EarthMapperError listing every parameter of FSDP_MIN_SIZE elements or more that has no names,
+and every logical name the rules table does not know (`naming_problems` gives the same list
+without raising). Why raise rather than list: a renamed or new parameter without names, or a
+misspelt logical name, does not fail anything; it only shows much later as more memory per
+device (an OOM on the pod, or a smaller batch than the hardware allows). The check runs in
+`abstract_train_state`, before anything compiles, and names the parameter and the one-line fix;
+a warning would scroll by in the logs. Smaller unnamed parameters stay replicated (sharding them
+saves little), so a bias or norm scale of a test model does not stop a run.
+
+`PARAM_RULES` (regexes on parameter paths) is a transitional table for the parameters of modules
+that do not annotate yet (embeddings, shared_ada_lin, the geo MLP and the SI head in
+models/var.py, earthmapper.py, geo.py, semantic.py); it goes once those are annotated.
 """
 
 from __future__ import annotations
@@ -20,6 +40,7 @@ import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from earthmapper_jax.errors import EarthMapperError
+from earthmapper_jax.train.optim import path_name
 
 MESH_AXES = ("data", "fsdp", "tensor")
 # The batch dimension is split over both data-parallel axes (FSDP is data parallel too).
@@ -35,12 +56,15 @@ LOGICAL_AXIS_RULES = (
     ("embed", "fsdp"),
     ("act_emb", None),
     ("mlp", "tensor"),
+    ("adaln", "tensor"),  # the AdaLN modulation vectors (6C or 2C outputs)
     ("heads", "tensor"),
     ("qkv", "tensor"),
     ("kv", None),
     ("head_dim", None),
     ("vocab", "tensor"),
-    ("codebook", "tensor"),
+    # Code rows over both axes: the codebook is the tokenizer's only large non-conv parameter and
+    # splitting rows (not the code dimension) keeps the nearest-code distances local.
+    ("codebook", ("fsdp", "tensor")),
     ("cond", None),
     ("norm", None),
     # Convolutions (tokenizer): shard output channels over fsdp, never the tiny spatial dims.
@@ -50,29 +74,29 @@ LOGICAL_AXIS_RULES = (
     ("conv_out", "fsdp"),
 )
 
-# Logical names for parameters the model did not annotate, by regex on the '/'-joined path
-# (first match wins; names align with the *trailing* dims, so layer-stacked (scanned) params
-# get None on their leading layer axis). Covers the VAR/EarthMapper transformer.
+# TRANSITIONAL: logical names by regex on the '/'-joined path (first match wins; names align
+# with the *trailing* dims) for parameters whose modules do not annotate yet. Annotated in
+# models/backbone.py by H1's change; remove after merge. (head and head_nm are already annotated
+# by blocks.LogitsHead / AdaLNBeforeHead, so their entries only matter if the backbone builds
+# its own; si_head and shared_ada_lin are in semantic.py / var.py, not in H1's list.)
 PARAM_RULES = (
-    (r"(^|/)mat_qkv/kernel$", ("embed", "qkv")),
-    (r"(^|/)(q_bias|v_bias)$", ("qkv",)),
-    (r"(^|/)attn/proj/kernel$", ("qkv", "embed")),
-    (r"(^|/)fc1/kernel$", ("embed", "mlp")),
-    (r"(^|/)fc1/bias$", ("mlp",)),
-    (r"(^|/)fc2/kernel$", ("mlp", "embed")),
-    (r"(^|/)ada_lin/kernel$", ("embed", "mlp")),
-    (r"(^|/)ada_lin/bias$", ("mlp",)),
-    (r"(^|/)head/kernel$", ("embed", "vocab")),
-    (r"(^|/)(cond_token_embed|class_emb)/embedding$", ("vocab", "embed")),
-    (r"(^|/)mlp_(in|out)/kernel$", ("mlp", "embed")),
-    (r"(^|/)head/bias$", ("vocab",)),
     (r"(^|/)word_embed/kernel$", (None, "embed")),
     (r"(^|/)(pos_1LC|pos_start|lvl_embed/embedding|modality_embed)$", (None, "embed")),
-    (r"(^|/)quantize/codebook$", ("codebook", None)),
+    (r"(^|/)(cond_token_embed|class_emb)/embedding$", ("vocab", "embed")),
+    (r"(^|/)head/kernel$", ("embed", "vocab")),
+    (r"(^|/)head/bias$", ("vocab",)),
+    (r"(^|/)head_nm/ada_lin/kernel$", ("embed", "mlp")),
+    (r"(^|/)head_nm/ada_lin/bias$", ("mlp",)),
+    (r"(^|/)geo/mlp_(in|out)/kernel$", ("mlp", "embed")),
+    (r"(^|/)si_head/fc1/kernel$", ("embed", "mlp")),
+    (r"(^|/)si_head/fc1/bias$", ("mlp",)),
+    (r"(^|/)si_head/fc2/kernel$", ("mlp", "embed")),
+    (r"(^|/)si_head/fc3/kernel$", ("embed", None)),  # as the old FSDP fallback placed it
+    (r"(^|/)shared_ada_lin/kernel$", ("embed", "adaln")),
 )
 
-# Parameters smaller than this stay replicated under the FSDP fallback (sharding them costs
-# more in collectives than it saves in memory).
+# Parameters smaller than this may go without logical names (they stay replicated: sharding
+# them costs more in collectives than it saves in memory); larger ones must have names.
 FSDP_MIN_SIZE = 2**14
 
 
@@ -163,42 +187,73 @@ def _logical_from_path(name, ndim, param_rules):
     return None
 
 
-def spec_for(leaf, mesh, rules=LOGICAL_AXIS_RULES, name: str = "",
-             param_rules=PARAM_RULES) -> P:
-    """PartitionSpec of one (possibly logically boxed, possibly abstract) parameter: its own
-    logical names, else the names `param_rules` give its path `name`, else FSDP fallback."""
-    if isinstance(leaf, nn.LogicallyPartitioned) or isinstance(leaf, nn.Partitioned):
-        names = leaf.names
-        value = leaf.value
-        if isinstance(leaf, nn.LogicallyPartitioned):
-            table = _rules_dict(rules)
-            axes = [table.get(n) if n is not None else None for n in names]
-        else:  # already mesh axis names
-            axes = list(names)
-        return _fit_spec(axes, value.shape, mesh)
-    shape = np.shape(leaf)
-    names = _logical_from_path(name, len(shape), param_rules) if name else None
-    if names is not None:
-        table = _rules_dict(rules)
-        spec = _fit_spec([table.get(n) if n is not None else None for n in names], shape, mesh)
-        if any(a is not None for a in spec) or math.prod(shape) < FSDP_MIN_SIZE:
-            return spec
-    return _fsdp_fallback(shape, mesh)
-
-
 def _is_box(x):
     return isinstance(x, nn.meta.AxisMetadata)
 
 
-def param_shardings(boxed_params, mesh, rules=LOGICAL_AXIS_RULES):
+def logical_names(leaf, name: str = "", param_rules=PARAM_RULES):
+    """The logical axis names of one parameter: its box's, else the transitional PARAM_RULES
+    entry for its path `name`, else None."""
+    if isinstance(leaf, nn.LogicallyPartitioned):
+        return tuple(leaf.names)
+    if name:
+        return _logical_from_path(name, len(np.shape(leaf)), param_rules)
+    return None
+
+
+def spec_for(leaf, mesh, rules=LOGICAL_AXIS_RULES, name: str = "",
+             param_rules=PARAM_RULES) -> P:
+    """PartitionSpec of one (possibly logically boxed, possibly abstract) parameter: its own
+    logical names (or the names `param_rules` give its path `name`) through `rules`; a bare
+    leaf without names is FSDP-sharded on its largest divisible dimension (params trees go
+    through `param_shardings`, which refuses large unnamed leaves instead)."""
+    if isinstance(leaf, nn.Partitioned) and not isinstance(leaf, nn.LogicallyPartitioned):
+        return _fit_spec(list(leaf.names), leaf.value.shape, mesh)  # already mesh axis names
+    value = leaf.value if _is_box(leaf) else leaf
+    shape = np.shape(value)
+    names = logical_names(leaf, name, param_rules)
+    if names is None:
+        return _fsdp_fallback(shape, mesh)
+    table = _rules_dict(rules)
+    return _fit_spec([table.get(n) if n is not None else None for n in names], shape, mesh)
+
+
+def naming_problems(boxed_params, rules=LOGICAL_AXIS_RULES, param_rules=PARAM_RULES) -> list:
+    """One line per parameter that `param_shardings` refuses: FSDP_MIN_SIZE elements or more
+    without logical names, or a logical name `rules` has no entry for."""
+    known = set(_rules_dict(rules))
+    problems = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(boxed_params, is_leaf=_is_box)[0]:
+        name = path_name(path)
+        shape = tuple(np.shape(leaf.value if _is_box(leaf) else leaf))
+        if isinstance(leaf, nn.Partitioned) and not isinstance(leaf, nn.LogicallyPartitioned):
+            continue  # mesh axes given directly
+        names = logical_names(leaf, name, param_rules)
+        if names is None:
+            if math.prod(shape) >= FSDP_MIN_SIZE:
+                problems.append(f"{name} {shape} has no logical axis names (create it with "
+                                "nn.with_logical_partitioning(init, names))")
+            continue
+        unknown = [n for n in names if n is not None and n not in known]
+        if unknown:
+            problems.append(f"{name} {shape}: logical axis name(s) {unknown} have no entry in "
+                            "the sharding rules (train/sharding.py LOGICAL_AXIS_RULES or "
+                            "config.sharding_rules)")
+    return problems
+
+
+def param_shardings(boxed_params, mesh, rules=LOGICAL_AXIS_RULES, param_rules=PARAM_RULES):
     """NamedSharding tree for a params tree whose leaves may be `nn.LogicallyPartitioned`.
 
-    The result has the structure of the *unboxed* params.
+    The result has the structure of the *unboxed* params. Raises EarthMapperError listing
+    `naming_problems` (see the module doc for why it raises).
     """
-    from earthmapper_jax.train.optim import path_name
-
+    problems = naming_problems(boxed_params, rules, param_rules)
+    if problems:
+        raise EarthMapperError(
+            f"{len(problems)} parameter(s) would be silently replicated: " + "; ".join(problems))
     return jax.tree_util.tree_map_with_path(
-        lambda path, x: NamedSharding(mesh, spec_for(x, mesh, rules, path_name(path))),
+        lambda path, x: NamedSharding(mesh, spec_for(x, mesh, rules, path_name(path), param_rules)),
         boxed_params, is_leaf=_is_box)
 
 

@@ -9,6 +9,7 @@ Only key renaming and plumbing lives here; the maths is in the model packages.
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 
@@ -220,7 +221,8 @@ def earthmapper_task() -> Task:
             return tokens.read_manifest(config.data.tokens_dir, config.data.split)["num_records"]
         return image_examples_per_epoch(config)
 
-    return Task(name="earthmapper", init_params=em.init_params, loss_fn=loss_fn,
+    return Task(name="earthmapper", init_params=functools.partial(em.init_params, boxed=True),
+                loss_fn=loss_fn,
                 train_data=train_data, load_frozen=em.load_frozen, eval_data=eval_data,
                 eval_fn=eval_fn, sample_fn=em_sample_fn, export=em_export,
                 examples_per_epoch=examples_per_epoch, flops_per_example=em.flops_per_example)
