@@ -9,6 +9,7 @@ import optax
 import pytest
 from scipy.signal import convolve2d
 
+from earthmapper_jax.data.synthetic_city import make_batch
 from earthmapper_jax.tokenizer import image_metrics, losses
 from earthmapper_jax.tokenizer.discriminator import PatchDiscriminator
 from earthmapper_jax.tokenizer.quantizer import MultiScaleQuantizer
@@ -27,15 +28,7 @@ def _config(**loss):
 
 
 def _images(n=8, size=16):
-    try:
-        from earthmapper_jax.synthetic import make_batch
-
-        return make_batch(n, size, seed=3)["satellite"]
-    except ImportError:  # procedural fallback: smooth blobs
-        yy, xx = np.mgrid[0:size, 0:size] / size
-        rng = np.random.default_rng(0)
-        f = [np.sin(6 * xx * a + b) * np.cos(5 * yy * c) for a, b, c in rng.uniform(0.5, 2, (n * 3, 3))]
-        return np.clip(np.stack(f).reshape(n, 3, size, size).transpose(0, 2, 3, 1), -1, 1).astype(np.float32)
+    return make_batch(n, size, seed=3)["sat_image"]
 
 
 def test_adam_steps_reduce_reconstruction_error():
