@@ -40,6 +40,8 @@ from earthmapper_jax import tokenizer as tok_lib
 from earthmapper_jax.models import earthmapper as em
 from earthmapper_jax.models.loading import Model
 from earthmapper_jax.sampling import earthmapper_sampler as S
+from earthmapper_jax.scales import flatten_tokens, split_tokens
+from earthmapper_jax.train import earthmapper_task as emt
 from earthmapper_jax.tokenizer.resize import area_resize, bicubic_resize
 
 IMAGE = 48
@@ -160,7 +162,7 @@ def make_data(n, seed=0):
 
 
 def tokens_of(tok, images, batch=128):
-    return np.concatenate([np.asarray(em.flatten_tokens(tok.encode(images[i:i + batch])))
+    return np.concatenate([np.asarray(flatten_tokens(tok.encode(images[i:i + batch])))
                            for i in range(0, len(images), batch)])
 
 
@@ -173,16 +175,15 @@ def train(tok, tokens_sat, tokens_map, coords, *, steps, batch=32, lr=2e-3, dept
                          depth=depth, embed_dim=width, num_heads=max(1, width // 64), si_layer=0,
                          si_weight=0.0, drop_path_rate=0.0, within_scale=within_scale,
                          init_adaln_gamma=init_adaln_gamma, **model_overrides)
-    mc.tokenizer_config = dict(tok.config)
     params = em.init_params(mc, jax.random.key(seed))
     sched = optax.warmup_cosine_decay_schedule(0.0, lr, max(1, steps // 10), steps, lr / 20)
     opt = optax.chain(optax.clip_by_global_norm(2.0), optax.adamw(sched, b1=0.9, b2=0.95, weight_decay=0.01))
     state = opt.init(params)
-    frozen = {"tokenizer": tok.params, "dinov2": None}
+    frozen = emt.Frozen.of(tok.params, tok.config)
 
     @jax.jit
     def step(params, state, batch, rng):
-        (_, m), g = jax.value_and_grad(lambda p: em.loss_fn(p, batch, rng, {"model": mc}, frozen),
+        (_, m), g = jax.value_and_grad(lambda p: emt.loss_fn(p, batch, rng, {"model": mc}, frozen),
                                        has_aux=True)(params)
         upd, state = opt.update(g, state, params)
         return optax.apply_updates(params, upd), state, m
@@ -210,22 +211,22 @@ def evaluate(model, sat, mp, coords, train_map_tokens, **sample_kw):
     kw = dict(top_k=1, top_p=0.0, guidance=(0.0, 0.0, 0.0), decode=False)
     kw.update(sample_kw)
     maps, _ = S.translate(model, sat, "sat2map", jax.random.key(0), coords=coords, **kw)
-    pred = np.asarray(em.flatten_tokens(maps))
+    pred = np.asarray(flatten_tokens(maps))
     (_, gen_map), _ = S.generate(model, coords, jax.random.key(0), top_k=1, top_p=0.0,
                                  guidance=(0.0, 0.0, 0.0), decode=False)
-    coords_only = np.asarray(em.flatten_tokens(gen_map))
+    coords_only = np.asarray(flatten_tokens(gen_map))
     off = np.cumsum([0] + [p * p for p in pns])
     majority = np.concatenate([
         np.full(p * p, np.bincount(train_map_tokens[:, off[k]:off[k + 1]].ravel(), minlength=tok.vocab_size).argmax())
         for k, p in enumerate(pns)])[None].repeat(len(true), 0)
 
-    true_cls = tok.patch_classes(em.split_tokens(jnp.asarray(true), pns))
+    true_cls = tok.patch_classes(split_tokens(jnp.asarray(true), pns))
     out = {}
     for name, t in (("model", pred), ("coords_only", coords_only), ("majority", majority)):
         out[f"acc_{name}"] = float((t == true).mean())
         out[f"acc_{name}_per_scale"] = [float((t[:, off[k]:off[k + 1]] == true[:, off[k]:off[k + 1]]).mean())
                                         for k in range(len(pns))]
-        out[f"class_acc_{name}"] = float((tok.patch_classes(em.split_tokens(jnp.asarray(t), pns)) == true_cls).mean())
+        out[f"class_acc_{name}"] = float((tok.patch_classes(split_tokens(jnp.asarray(t), pns)) == true_cls).mean())
     return out
 
 
