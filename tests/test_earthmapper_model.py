@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 
 import earthmapper_jax
+from configs import earthmapper_train
 from earthmapper_jax import tokenizer as tok_lib
 from earthmapper_jax.cli import main as cli_main
 from earthmapper_jax.errors import CheckpointError, InputError
@@ -35,9 +36,11 @@ from earthmapper_jax.models.loading import Model
 from earthmapper_jax.models.var_mode import tokenizer_parts
 from earthmapper_jax.sampling import earthmapper_sampler as S
 from earthmapper_jax.sampling import guidance as G
+from earthmapper_jax.sampling.inpaint_masks import scale_masks
 from earthmapper_jax.scales import flatten_tokens, split_tokens
 from earthmapper_jax.tokenizer.model import VQVAE
 from earthmapper_jax.train import earthmapper_task as emt
+from earthmapper_jax.train import optim, sharding, trainer
 
 # A small, fast-compiling tokenizer (48 px, 6×6 latent, 5 scales); values are random anyway.
 TOK_CFG = dict(ch=32, vocab_size=512, z_channels=8, image_size=48, ch_mult=(1, 2, 2, 4), num_res_blocks=1,
@@ -210,7 +213,7 @@ def test_inpainting_keeps_known_tokens(model, tok):
     mask[:, 2:5, 1:4] = True
     maps, imgs = S.inpaint(model, images, mask, "map", jax.random.key(0), top_k=5, decode=False)
     assert imgs is None
-    keep_scales = S.scale_masks((~mask).astype(float), PN)
+    keep_scales = scale_masks((~mask).astype(float), PN)
     np.testing.assert_array_equal(keep_scales[-1], ~mask)  # the last scale keeps exactly ~mask
     keep = np.concatenate([k.reshape(2, -1) for k in keep_scales], 1)
     got = np.asarray(flatten_tokens(maps))
@@ -255,6 +258,17 @@ def test_loss_and_var_init(model, tok, tmp_path):
         jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params[key], vp[key])
     np.testing.assert_array_equal(params["geo"]["null"], vp["class_emb"]["embedding"][-1])
     assert not np.asarray(params["modality_embed"]).any()
+    # the trainer reads the VAR directory once, on the host, and its jitted init starts from it
+    tcfg = earthmapper_train.get_config("tiny")
+    tcfg.model = mc
+    tx, _ = optim.make_optimizer(tcfg.optim, 8, 10, 0)
+    mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
+    state, _ = trainer.create_train_state(tcfg, emt.make_task(), mesh, tx)
+    got = jax.device_get(state.params)
+    for key in ("blocks", "head", "pos_1LC"):
+        jax.tree.map(np.testing.assert_array_equal, got[key], params[key])
+    np.testing.assert_array_equal(got["geo"]["null"], params["geo"]["null"])
+    np.testing.assert_array_equal(got["geo"]["mlp_out"]["bias"], params["geo"]["mlp_out"]["bias"])
 
     batch = {"sat_tokens": _tokens(1), "map_tokens": _tokens(2), "coords": jnp.array([[1.0, 2.0], [np.nan, np.nan]]),
              "sat_sem": jnp.ones((2, 4, 4, 32)), "map_sem": jnp.zeros((2, 4, 4, 32))}

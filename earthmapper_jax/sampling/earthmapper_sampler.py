@@ -14,7 +14,8 @@ Public API (re-exported by earthmapper_jax.sampling):
         images of `modality` ("sat"/"map"); mask (B, S, S) or (S, S) at image resolution, or
         (B, pn_K, pn_K) on the last token grid: True = generate (in-paint), False = keep.
         Out-painting is the inverted mask (`box_mask(..., outpaint=True)`). The kept tokens are
-        forced at every scale, the mask resized per scale as VAR's zero-shot editing does.
+        forced at every scale, the mask resized per scale as VAR's zero-shot editing does
+        (sampling/inpaint_masks.py).
         condition: optional images of the other modality, teacher-forced (e.g. repaint a
         satellite region under a known map); otherwise the other modality is generated jointly.
 
@@ -61,8 +62,8 @@ from earthmapper_jax.models.layout import MAP, SAT, directed_mask, joint_layout
 from earthmapper_jax.models.var_mode import tokenizer_parts
 from earthmapper_jax.sampling import guidance as G
 from earthmapper_jax.sampling.filtering import sample_tokens
+from earthmapper_jax.sampling.inpaint_masks import keep_grid, scale_masks
 from earthmapper_jax.scales import flatten_tokens, seq_len
-from earthmapper_jax.tokenizer.resize import area_matrix
 
 DIRECTIONS = {"sat2map": ("sat", "map"), "map2sat": ("map", "sat")}
 MODALITY_NAMES = {"sat": SAT, "map": MAP}
@@ -103,66 +104,6 @@ def sampling_config() -> ml_collections.ConfigDict:
         c[f"guidance_{kind}"] = tuple(triple)
     c.kpf_tau = ml_collections.config_dict.placeholder(float)
     return c
-
-
-# ----------------------------------------------------------------------------- masks
-
-
-@functools.lru_cache(maxsize=None)
-def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) PyTorch bilinear (align_corners=False, no antialias) in 1-D."""
-    m = np.zeros((n_out, n_in), np.float64)
-    for i in range(n_out):
-        x = max((i + 0.5) * n_in / n_out - 0.5, 0.0)
-        x0 = min(int(np.floor(x)), n_in - 1)
-        x1 = min(x0 + 1, n_in - 1)
-        w1 = x - x0
-        m[i, x0] += 1.0 - w1
-        m[i, x1] += w1
-    return m
-
-
-def scale_masks(keep_last: np.ndarray, patch_nums) -> list:
-    """Known-token masks per scale from a (B, pn_K, pn_K) float 'fraction kept' grid, as VAR's
-    zero-shot editing: bilinear to pn×pn, > 0.5; scales with pn² <= 3 are kept everywhere."""
-    out = []
-    for pn in patch_nums:
-        if pn * pn <= 3:
-            out.append(np.ones((keep_last.shape[0], pn, pn), bool))
-            continue
-        m = bilinear_matrix(keep_last.shape[1], pn)
-        out.append(np.einsum("oh,bhw,pw->bop", m, keep_last, m) > 0.5)
-    return out
-
-
-def box_mask(size: int, box, outpaint: bool = False) -> np.ndarray:
-    """(size, size) bool generate-mask of a box (y0, x0, y1, x1) given as fractions in [0, 1]:
-    True inside the box (in-painting), or outside it with outpaint=True."""
-    y0, x0, y1, x1 = (float(v) for v in box)
-    if not (0 <= y0 < y1 <= 1 and 0 <= x0 < x1 <= 1):
-        raise InputError(f"box {tuple(box)} must be (y0, x0, y1, x1) fractions with y0<y1, x0<x1 in [0, 1]")
-    m = np.zeros((size, size), bool)
-    m[int(round(y0 * size)):int(round(y1 * size)), int(round(x0 * size)):int(round(x1 * size))] = True
-    return ~m if outpaint else m
-
-
-def _keep_grid(mask, batch: int, image_size: int, last: int) -> np.ndarray:
-    """User generate-mask -> (B, pn_K, pn_K) float fraction of kept pixels per token."""
-    m = np.asarray(mask)
-    if m.dtype != bool and not np.isin(m, (0, 1)).all():
-        raise InputError("mask must be boolean (True = generate, False = keep)")
-    m = m.astype(bool)
-    if m.ndim == 2:
-        m = np.broadcast_to(m, (batch,) + m.shape)
-    if m.ndim != 3 or m.shape[0] != batch or m.shape[1] != m.shape[2] or m.shape[1] not in (image_size, last):
-        raise InputError(
-            f"mask has shape {m.shape}; expected ({batch}, {image_size}, {image_size}) or "
-            f"({batch}, {last}, {last}) (True = generate)")
-    keep = (~m).astype(np.float64)
-    if m.shape[1] == image_size and image_size != last:
-        a = area_matrix(image_size, last).astype(np.float64)
-        keep = np.einsum("oh,bhw,pw->bop", a, keep, a)
-    return keep
 
 
 # ----------------------------------------------------------------------------- the program
@@ -405,8 +346,8 @@ def inpaint(model, images, mask, modality, rng, coords=None, condition=None, **o
     B = tokens.shape[0]
     coords = validate_coords(coords, B)
     pns = tuple(model.config.patch_nums)
-    keep_grid = _keep_grid(mask, B, model.tokenizer.image_size, pns[-1])
-    kp = jnp.asarray(np.concatenate([k.reshape(B, -1) for k in scale_masks(keep_grid, pns)], 1))
+    kg = keep_grid(mask, B, model.tokenizer.image_size, pns[-1])
+    kp = jnp.asarray(np.concatenate([k.reshape(B, -1) for k in scale_masks(kg, pns)], 1))
     known = [jnp.zeros_like(tokens)] * 2
     keep = [jnp.zeros(tokens.shape, bool)] * 2
     roles = ["free", "free"]
