@@ -74,11 +74,14 @@ def worker_main(args):
 
     from earthmapper_jax import tokenizer as tok_lib
     from earthmapper_jax.models import earthmapper as em
+    from earthmapper_jax.models.dinov2 import VARIANTS as DINOV2_VARIANTS
     from earthmapper_jax.models import var as var_lib
     from earthmapper_jax.sampling import earthmapper_sampler as ems
     from earthmapper_jax.sampling import guidance as G
     from earthmapper_jax.sampling.var_sampler import sample_var_tokens
+    from earthmapper_jax.scales import flatten_tokens
     from earthmapper_jax.tokenizer.model import build as build_tok
+    from earthmapper_jax.train import earthmapper_task as emt
     from earthmapper_jax.train import optim
 
     if args.compile_cache:
@@ -337,7 +340,7 @@ def worker_main(args):
     # ---- EarthMapper joint-mode cases
 
     def em_sem(B, mc):
-        var_ = em.dinov2_variants()[mc.si_encoder]
+        var_ = DINOV2_VARIANTS[mc.si_encoder]
         g = int(mc.si_image_size) // var_["patch_size"]
         return jnp.asarray(rng_np.normal(size=(B, g, g, var_["embed_dim"])), jnp.float32)
 
@@ -359,9 +362,9 @@ def worker_main(args):
             batch["sat_sem"], batch["map_sem"] = em_sem(B, mc), em_sem(B, mc)
 
         def step(params, opt_state, tparams, batch, key):
-            frozen = {"tokenizer": tparams, "dinov2": None}
-            (loss, aux), grads = jax.value_and_grad(em.loss_fn, has_aux=True)(
-                params, batch, key, mc, frozen)
+            frozen = emt.Frozen.of(tparams, tokenizer(s["tok_dtype"])[0])
+            (loss, aux), grads = jax.value_and_grad(emt.loss_fn, has_aux=True)(
+                params, batch, key, {"model": mc}, frozen)
             updates, opt_state = tx.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
             return params, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads),
@@ -412,7 +415,7 @@ def worker_main(args):
 
         def fn(params, tparams, coords, images, rng, knobs):
             tp = {"params": tparams}
-            src_tokens = em.flatten_tokens(tok_mod.apply(tp, images, method="encode"))
+            src_tokens = flatten_tokens(tok_mod.apply(tp, images, method="encode"))
             zeros = jnp.zeros_like(src_tokens)
             known, keep = [zeros, zeros], [jnp.zeros(src_tokens.shape, bool)] * 2
             known[sm], keep[sm] = src_tokens, jnp.ones(src_tokens.shape, bool)

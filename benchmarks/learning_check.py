@@ -43,6 +43,7 @@ from earthmapper_jax import tokenizer as tok_lib
 from earthmapper_jax.models import earthmapper as em
 from earthmapper_jax.models.loading import Model
 from earthmapper_jax.sampling import earthmapper_sampler as S
+from earthmapper_jax.train import earthmapper_task as emt
 from earthmapper_jax.tokenizer.resize import area_resize, bicubic_resize
 
 IMAGE = 48
@@ -176,16 +177,15 @@ def train(tok, tokens_sat, tokens_map, coords, *, steps, batch=32, lr=2e-3, dept
                          depth=depth, embed_dim=width, num_heads=max(1, width // 64), si_layer=0,
                          si_weight=0.0, drop_path_rate=0.0, within_scale=within_scale,
                          init_adaln_gamma=init_adaln_gamma, **model_overrides)
-    mc.tokenizer_config = dict(tok.config)
     params = em.init_params(mc, jax.random.key(seed))
     sched = optax.warmup_cosine_decay_schedule(0.0, lr, max(1, steps // 10), steps, lr / 20)
     opt = optax.chain(optax.clip_by_global_norm(2.0), optax.adamw(sched, b1=0.9, b2=0.95, weight_decay=0.01))
     state = opt.init(params)
-    frozen = {"tokenizer": tok.params, "dinov2": None}
+    frozen = emt.Frozen.of(tok.params, tok.config)
 
     @jax.jit
     def step(params, state, batch, rng):
-        (_, m), g = jax.value_and_grad(lambda p: em.loss_fn(p, batch, rng, {"model": mc}, frozen),
+        (_, m), g = jax.value_and_grad(lambda p: emt.loss_fn(p, batch, rng, {"model": mc}, frozen),
                                        has_aux=True)(params)
         upd, state = opt.update(g, state, params)
         return optax.apply_updates(params, upd), state, m

@@ -15,14 +15,14 @@ directory). The GJSA-specific ones:
                      scale; no loss on the condition). 0 = the paper's pure joint model, which the
                      CPU learning check measured translating no better than generating from
                      coordinates alone (docs/earthmapper.md).
-    coord_drop_rate, cond_drop_rate   CFG training dropout of coordinates / of one half
+    coord_drop_rate, modality_drop_rate   CFG training dropout of coordinates / of one half
     geo_num_freqs, geo_hidden          SinEmbed frequencies (2^0..2^15 cycles/360°), MLP width
     si_layer, si_weight (σ = 0.5), si_loss ("mse" | "cosine"), si_encoder (DINOv2 variant),
     si_dinov2 (official .pth for on-the-fly targets), si_image_size, si_hidden
     tokenizer_dir, var_init            frozen tokenizer directory, converted VAR to start from
-config.sampling: defaults of the sampler (sampling/earthmapper_sampler.py): top-k 100, top-p 0.55
-(the paper), guidance triples (w_geo, w_cond, w_both) per direction, Complexity Guidance,
-Key Point Force threshold (off).
+config.sampling: defaults of the sampler (sampling/earthmapper_sampler.py `sampling_config`):
+top-k 100, top-p 0.55 (the paper), guidance triples (w_geo, w_cond, w_both) per direction,
+Complexity Guidance, Key Point Force threshold (off).
 
 Run (prints the config):
     .venv/bin/python -c "import configs.earthmapper as c; print(c.get_config('d24'))"
@@ -31,25 +31,9 @@ Run (prints the config):
 import ml_collections
 
 from earthmapper_jax.models.earthmapper import model_config
+from earthmapper_jax.sampling.earthmapper_sampler import sampling_config
 
 NAMES = ("tiny", "d16", "d20", "d24", "d30", "ny")
-
-
-def sampling_config(sat2map=(2.0, 2.0, 2.0), map2sat=(8.0, 8.0, 8.0)) -> ml_collections.ConfigDict:
-    """Sampler defaults; the triples are the paper's best New York values (Tables IV, V)."""
-    return ml_collections.ConfigDict({
-        "top_k": 100,
-        "top_p": 0.55,
-        "temperature": 1.0,
-        "guidance_sat2map": tuple(sat2map),
-        "guidance_map2sat": tuple(map2sat),
-        "guidance_joint": (0.0, 0.0, 4.0),
-        "complexity": True,
-        "gamma": 1.0,
-        "alpha_power": 1.0,
-        "beta_min": 0.5,
-        "kpf_tau": ml_collections.config_dict.placeholder(float),
-    })
 
 
 def get_config(arg=None):

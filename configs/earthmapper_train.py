@@ -1,5 +1,6 @@
-"""Training configs for EarthMapper (task "earthmapper"); model fields come from the model's
-own config (configs/earthmapper.py if present, else models.earthmapper.model_config).
+"""Training configs for EarthMapper (task "earthmapper", train/earthmapper_task.py); the model
+fields are models.earthmapper.model_config's (as in configs/earthmapper.py), the periodic sample
+grids use the sampler's defaults (earthmapper_sampler.sampling_config).
 
     get_config("cnsatmap_d24")  the paper: depth 24 from VAR-d24 weights, 256², AdamW, 100 epochs,
                                 batch 24 per device on 8 devices (global 192), SI σ 0.5,
@@ -8,7 +9,7 @@ own config (configs/earthmapper.py if present, else models.earthmapper.model_con
     get_config("nymaps_d16")    the pix2pix New York maps (1096 pairs, no coordinates), d16
     get_config("tiny")          CPU: tiny model on the synthetic city at 64², minutes
 
-Not reported by the paper and taken from VAR (var_reference.md §3): base lr per 256 images
+Not reported by the paper and taken from VAR's training script: base lr per 256 images
 (1e-4 d16, 8e-5 d24), betas (0.9, 0.95), wd 0.05 with VAR's no-decay list, warm-up 2 epochs
 (VAR: ep/50), linear decay to 10 % (d16) / 1 % (d24), clip 2.0, bf16 compute.
 
@@ -23,11 +24,10 @@ Tiny, on a laptop (after `make demo`, or with any tiny tokenizer):
         --config.data.dir=demo_out/data --config.model.tokenizer_dir=demo_out/tokenizer_run/tokenizer
 """
 
-import importlib.util
-import pathlib
-
 import ml_collections
 
+from earthmapper_jax.models.earthmapper import model_config
+from earthmapper_jax.sampling.earthmapper_sampler import sampling_config
 from earthmapper_jax.train.defaults import add_training_fields
 
 _VARIANTS = {
@@ -39,20 +39,6 @@ _VARIANTS = {
 }
 
 
-def _model_config(name):
-    """The model fields: configs/earthmapper.py's, else the library's model_config(name)."""
-    path = pathlib.Path(__file__).with_name("earthmapper.py")
-    if path.exists():
-        spec = importlib.util.spec_from_file_location("_em_model_config", path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        c = mod.get_config(name)
-        return c.model if "model" in c else c, (c.get("sampling", None) if "model" in c else None)
-    from earthmapper_jax.models.earthmapper import model_config
-
-    return model_config(name), None
-
-
 def get_config(arg=None):
     arg = str(arg or "cnsatmap_d24")
     if arg not in _VARIANTS:
@@ -61,10 +47,9 @@ def get_config(arg=None):
     model_name, dataset, base_lr, final_frac = _VARIANTS[arg]
     config = ml_collections.ConfigDict()
     config.task = "earthmapper"
-    model, sampling = _model_config(model_name)
-    config.model = model
-    # Sampler options for the periodic sample grids (the paper's top-k / top-p).
-    config.sample_options = sampling or ml_collections.ConfigDict({"top_k": 100, "top_p": 0.55})
+    config.model = model_config(model_name)
+    # Sampler options for the periodic sample grids (the paper's top-k / top-p and guidance).
+    config.sample_options = sampling_config()
     add_training_fields(config)
     config.optim.base_lr = base_lr
     config.optim.final_lr_frac = final_frac
@@ -91,7 +76,7 @@ def get_config(arg=None):
         config.sample_options = ml_collections.ConfigDict({"top_k": 20, "top_p": 0.9})
         return config
     config.model.dtype = "bfloat16"    # bf16 compute on fp32 master weights
-    config.model.attention = None      # auto: cuDNN fused attention on GPU, XLA elsewhere
+    # config.model.attention stays "auto": cuDNN fused attention on GPU, XLA elsewhere
     config.model.remat = "none"
     config.num_epochs = 100
     config.batch_size = 24 * 8         # 24 per device on 8 devices

@@ -39,7 +39,7 @@ def get_config(arg=None):
     # model_config checks the settings (e.g. last patch_num == image_size / 2^(levels-1)).
     config.model = ml_collections.ConfigDict(model_config(_MODELS[arg]))
     config.loss = default_loss_config()
-    # Dead-code restarts (train/task_adapters.py): codes unused for restart_max_age steps take
+    # Dead-code restarts (train/tokenizer_task.py): codes unused for restart_max_age steps take
     # random encoder outputs, checked every restart_every steps; 0 = off.
     config.codebook = ml_collections.ConfigDict(dict(restart_max_age=0, restart_every=100))
     add_training_fields(config)

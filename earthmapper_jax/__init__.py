@@ -9,8 +9,12 @@ Notebook entry points (imported lazily so `import earthmapper_jax` stays cheap):
 __version__ = "0.1.0"
 
 
-def load(directory):
-    """Loads a converted/trained transformer checkpoint (config, params, tokenizer)."""
+def load(directory, **overrides):
+    """Loads a converted/trained transformer checkpoint (config, params, tokenizer);
+    models.loading.load with its Model API.
+
+    Imported here, not at the top: every `earthmapper` command imports this package first, and
+    the CLI's start-up must not pay for JAX and Flax."""
     from earthmapper_jax.models.loading import load as _load
 
-    return _load(directory)
+    return _load(directory, **overrides)

@@ -7,7 +7,7 @@ import pytest
 
 from earthmapper_jax.errors import CheckpointError, InputError
 from earthmapper_jax.io.pth import load_state_dict, save_state_dict
-from earthmapper_jax.models import dinov2, geo
+from earthmapper_jax.models import dinov2, geo, semantic
 
 
 def test_sin_embed_longitude_wraps_and_separates_neighbours():
@@ -78,8 +78,6 @@ def test_dinov2_bad_state_dict(tmp_path):
 
 
 def test_semantic_targets_and_loss():
-    from earthmapper_jax.models import semantic
-
     dino = dinov2.DinoV2(**dinov2.VARIANTS["test_tiny"])
     params = dino.init(jax.random.PRNGKey(0), jnp.zeros((1, 56, 56, 3)))["params"]
     images = np.random.default_rng(0).uniform(-1, 1, (3, 48, 48, 3)).astype(np.float32)

@@ -6,20 +6,41 @@
   sampled tokens combined with the same guidance (joint generation with Complexity Guidance;
   sat->map with all three CFG terms); condition tokens are exactly the real ones;
 - in-painting keeps the known region's tokens; init from a VAR directory; loading; the
-  training loss; bad input (one clear line each); the translate CLI.
+  training loss; bad input (one clear line each); the translate CLI;
+- the parameter tree of the tiny model is the one saved model directories have; the periodic
+  sample grid compiles its samplers once per run.
 """
 
+import contextlib
+import logging
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
+from PIL import Image
 
+import earthmapper_jax
+from configs import earthmapper_train
+from earthmapper_jax import tokenizer as tok_lib
+from earthmapper_jax.cli import main as cli_main
 from earthmapper_jax.errors import CheckpointError, InputError
 from earthmapper_jax.io.checkpoint import save_params
 from earthmapper_jax.models import earthmapper as em
+from earthmapper_jax.models import layout
+from earthmapper_jax.models import var as var_lib
+from earthmapper_jax.models.dinov2 import VARIANTS, DinoV2
 from earthmapper_jax.models.loading import Model
-from earthmapper_jax.sampling import guidance as G
+from earthmapper_jax.models.var_mode import tokenizer_parts
 from earthmapper_jax.sampling import earthmapper_sampler as S
+from earthmapper_jax.sampling import guidance as G
+from earthmapper_jax.sampling.inpaint_masks import scale_masks
+from earthmapper_jax.scales import flatten_tokens, split_tokens
+from earthmapper_jax.tokenizer.model import VQVAE
+from earthmapper_jax.train import earthmapper_task as emt
+from earthmapper_jax.train import optim, sharding, trainer
 
 # A small, fast-compiling tokenizer (48 px, 6×6 latent, 5 scales); values are random anyway.
 TOK_CFG = dict(ch=32, vocab_size=512, z_channels=8, image_size=48, ch_mult=(1, 2, 2, 4), num_res_blocks=1,
@@ -38,8 +59,6 @@ def _perturb(params, seed, scale=0.05):
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
-    from earthmapper_jax import tokenizer as tok_lib
-
     t = tok_lib.Tokenizer.init(TOK_CFG, jax.random.key(0))
     d = tmp_path_factory.mktemp("tok") / "tokenizer"
     t.save(d)
@@ -58,9 +77,7 @@ def _tokens(seed, B=2):
 
 
 def _tf(model, flat):
-    from earthmapper_jax.tokenizer.model import VQVAE
-
-    return model.tokenizer.model.apply({"params": model.tokenizer.params}, em.split_tokens(flat, PN),
+    return model.tokenizer.model.apply({"params": model.tokenizer.params}, split_tokens(flat, PN),
                                        method=VQVAE.teacher_forcing_inputs)
 
 
@@ -69,8 +86,8 @@ def _tf(model, flat):
 
 @pytest.mark.parametrize("within", ["group", "all"])
 def test_mask_never_sees_finer_scale(model, within):
-    lay = em.joint_layout(PN)
-    m = em.joint_mask(PN, within)
+    lay = layout.joint_layout(PN)
+    m = layout.joint_mask(PN, within)
     assert not (m & (lay["scale"][None, :] > lay["scale"][:, None])).any()
     same = lay["scale"][:, None] == lay["scale"][None, :]
     other = lay["modality"][:, None] != lay["modality"][None, :]
@@ -97,8 +114,6 @@ def test_mask_never_sees_finer_scale(model, within):
 
 
 def _run(model, coords, known, keep, roles, weights, complexity, branches, top_k=20):
-    from earthmapper_jax.models.var_mode import tokenizer_parts
-
     tok_module, tok_params = tokenizer_parts(model.tokenizer)
     spec = S.Spec(roles=roles, branches=branches, top_k=top_k, complexity=complexity, kpf=False,
                   decode=False, return_logits=True)
@@ -119,11 +134,11 @@ def test_cached_joint_generation_equals_teacher_forcing_with_complexity(model):
     coords = jnp.array([[30.0, 120.0], [-12.5, 44.0]])
     zero, no = jnp.zeros((2, LH), jnp.int32), jnp.zeros((2, LH), bool)
     out = _run(model, coords, (zero, zero), (no, no), ("free", "free"), (0.0, 0.0, 2.0), True, ("full", "uncond"))
-    sat, mp = (em.flatten_tokens(t) for t in out["tokens"])
+    sat, mp = (flatten_tokens(t) for t in out["tokens"])
     tf_sat, tf_map = _tf(model, sat), _tf(model, mp)
     f = model.module.apply({"params": model.params}, coords, tf_sat, tf_map)[0]
     u = model.module.apply({"params": model.params}, jnp.full_like(coords, np.nan), tf_sat, tf_map)[0]
-    (f_sat, f_map), (u_sat, u_map) = em.from_joint(f, PN), em.from_joint(u, PN)
+    (f_sat, f_map), (u_sat, u_map) = layout.from_joint(f, PN), layout.from_joint(u, PN)
     for si in range(len(PN)):
         for m, (fh, uh) in enumerate(((f_sat, u_sat), (f_map, u_map))):
             F, U = _scale_slice(fh, si), _scale_slice(uh, si)
@@ -141,10 +156,8 @@ def test_cached_translation_equals_teacher_forcing_all_terms(model, directed_rat
     coords = jnp.array([[30.0, 120.0], [1.0, 2.0]])
     sat_real = _tokens(3)
     zero = jnp.zeros((2, LH), jnp.int32)
-    from earthmapper_jax.models.var_mode import tokenizer_parts
-
     tok_module, tok_params = tokenizer_parts(model.tokenizer)
-    lead = em.SAT if directed_rate else None
+    lead = layout.SAT if directed_rate else None
     spec = S.Spec(roles=("cond", "free"), branches=("full", "nogeo", "nocond", "uncond"), top_k=20,
                   complexity=False, kpf=False, decode=False, return_logits=True, lead=lead)
     knobs = dict(weights=jnp.asarray((1.0, 2.0, 0.5)), gamma=jnp.float32(1.0), alpha_power=jnp.float32(1.0),
@@ -154,7 +167,7 @@ def test_cached_translation_equals_teacher_forcing_all_terms(model, directed_rat
         model.module, tok_module, p, tp, coords, (sat_real, zero),
         (jnp.ones((2, LH), bool), jnp.zeros((2, LH), bool)), jax.random.key(7), knobs, spec=spec))(
         model.params, tok_params)
-    sat_out, mp = (em.flatten_tokens(t) for t in out["tokens"])
+    sat_out, mp = (flatten_tokens(t) for t in out["tokens"])
     np.testing.assert_array_equal(np.asarray(sat_out), np.asarray(sat_real))  # condition kept exactly
     tf_sat, tf_map = _tf(model, sat_real), _tf(model, mp)
     nan = jnp.full_like(coords, np.nan)
@@ -163,7 +176,7 @@ def test_cached_translation_equals_teacher_forcing_all_terms(model, directed_rat
 
     def map_half(c, null_sat=None):
         lg = model.module.apply({"params": model.params}, c, tf_sat, tf_map, null_sat=null_sat, **extra)[0]
-        return em.from_joint(lg, PN)[1]
+        return layout.from_joint(lg, PN)[1]
 
     F, A, Bc, U = map_half(coords), map_half(nan), map_half(coords, yes), map_half(nan, yes)
     assert float(jnp.abs(F - Bc).max()) > 1e-3  # the condition matters
@@ -171,15 +184,15 @@ def test_cached_translation_equals_teacher_forcing_all_terms(model, directed_rat
         sl = lambda x: _scale_slice(x, si)  # noqa: E731
         want = G.multi_term_cfg(sl(F), (1.0, 2.0, 0.5), G.ramp(si, len(PN)),
                                 nogeo=sl(A), nocond=sl(Bc), uncond=sl(U))
-        np.testing.assert_allclose(np.asarray(out["logits"][si][em.MAP]), np.asarray(want), rtol=0,
+        np.testing.assert_allclose(np.asarray(out["logits"][si][layout.MAP]), np.asarray(want), rtol=0,
                                    atol=3e-5, err_msg=f"scale {si}")
 
 
 def test_directed_rows_see_the_condition_of_their_own_scale(model):
     """Directed mask + condition ids: the target at scale k changes when the condition's
     scale-k tokens change (joint rows cannot see them); nothing leaks to coarser scales."""
-    lay = em.joint_layout(PN)
-    dm = em.directed_mask(PN, "group", em.SAT)
+    lay = layout.joint_layout(PN)
+    dm = layout.directed_mask(PN, "group", layout.SAT)
     assert not (dm & (lay["scale"][None, :] > lay["scale"][:, None])).any()
     sat, mp = _tokens(8), _tokens(9)
     k = 3
@@ -195,15 +208,15 @@ def test_directed_rows_see_the_condition_of_their_own_scale(model):
 
 def test_inpainting_keeps_known_tokens(model, tok):
     images = np.random.default_rng(1).uniform(-1, 1, (2, S_PX, S_PX, 3)).astype(np.float32)
-    known = np.asarray(em.flatten_tokens(tok.encode(images)))
+    known = np.asarray(flatten_tokens(tok.encode(images)))
     mask = np.zeros((2, PN[-1], PN[-1]), bool)  # on the last token grid: True = generate
     mask[:, 2:5, 1:4] = True
     maps, imgs = S.inpaint(model, images, mask, "map", jax.random.key(0), top_k=5, decode=False)
     assert imgs is None
-    keep_scales = S.scale_masks((~mask).astype(float), PN)
+    keep_scales = scale_masks((~mask).astype(float), PN)
     np.testing.assert_array_equal(keep_scales[-1], ~mask)  # the last scale keeps exactly ~mask
     keep = np.concatenate([k.reshape(2, -1) for k in keep_scales], 1)
-    got = np.asarray(em.flatten_tokens(maps))
+    got = np.asarray(flatten_tokens(maps))
     np.testing.assert_array_equal(got[keep], known[keep])
     assert (got[~keep] != known[~keep]).any()  # the masked region is generated
 
@@ -234,45 +247,53 @@ def test_scanned_and_bf16_samplers(model):
 
 
 def test_loss_and_var_init(model, tok, tmp_path):
-    from earthmapper_jax.models import var as var_lib
-
     vc = var_lib.var_config("tiny", patch_nums=PN)
     vp = _perturb(var_lib.init_params(vc, jax.random.key(3)), 4)
     save_params(tmp_path / "var", vp, vc, kind="var")
-    mc = em.model_config("tiny", attention="einsum", tokenizer_dir=str(tok.directory), patch_nums=PN)
-    params = em.init_params({"model": mc}, jax.random.key(5), var_init_dir=tmp_path / "var")
+    mc = em.model_config("tiny", attention="einsum", tokenizer_dir=str(tok.directory), patch_nums=PN,
+                         var_init=str(tmp_path / "var"))
+    config = {"model": mc}
+    params = nn.meta.unbox(emt.init_params(config, jax.random.key(5), emt.pretrained(config)))
     for key in ("blocks", "head", "head_nm", "pos_1LC", "lvl_embed", "word_embed", "pos_start"):
         jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params[key], vp[key])
     np.testing.assert_array_equal(params["geo"]["null"], vp["class_emb"]["embedding"][-1])
     assert not np.asarray(params["modality_embed"]).any()
+    # the trainer reads the VAR directory once, on the host, and its jitted init starts from it
+    tcfg = earthmapper_train.get_config("tiny")
+    tcfg.model = mc
+    tx, _ = optim.make_optimizer(tcfg.optim, 8, 10, 0)
+    mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
+    state, _ = trainer.create_train_state(tcfg, emt.make_task(), mesh, tx)
+    got = jax.device_get(state.params)
+    for key in ("blocks", "head", "pos_1LC"):
+        jax.tree.map(np.testing.assert_array_equal, got[key], params[key])
+    np.testing.assert_array_equal(got["geo"]["null"], params["geo"]["null"])
+    np.testing.assert_array_equal(got["geo"]["mlp_out"]["bias"], params["geo"]["mlp_out"]["bias"])
 
     batch = {"sat_tokens": _tokens(1), "map_tokens": _tokens(2), "coords": jnp.array([[1.0, 2.0], [np.nan, np.nan]]),
              "sat_sem": jnp.ones((2, 4, 4, 32)), "map_sem": jnp.zeros((2, 4, 4, 32))}
-    frozen = {"tokenizer": tok.params, "dinov2": None}
-    loss, metrics = jax.jit(lambda p, b, r: em.loss_fn(p, b, r, {"model": mc}, frozen))(params, batch, jax.random.key(0))
+    frozen = emt.Frozen.of(tok.params, tok.config)
+    loss, metrics = jax.jit(lambda p, b, r: emt.loss_fn(p, b, r, config, frozen))(params, batch, jax.random.key(0))
     assert np.isfinite(float(loss)) and float(metrics["si_loss"]) > 0
     assert {"ce_sat", "ce_map", "acc_sat", "acc_map", f"ce_scale_{len(PN) - 1}", "acc_scale_0"} <= set(metrics)
     np.testing.assert_allclose(float(loss), float(metrics["ce"]) + 0.5 * float(metrics["si_loss"]), rtol=1e-5)
 
     # images tokenised on the fly, SI targets from a (random, test-size) DINOv2 on the fly
-    from earthmapper_jax.models.dinov2 import VARIANTS, DinoV2
-
     dino = DinoV2(**VARIANTS[mc.si_encoder])
-    frozen["dinov2"] = dino.init(jax.random.key(6), jnp.zeros((1, mc.si_image_size, mc.si_image_size, 3)))["params"]
+    frozen = frozen.replace(dinov2=dino.init(
+        jax.random.key(6), jnp.zeros((1, mc.si_image_size, mc.si_image_size, 3)))["params"])
     imgs = np.random.default_rng(3).uniform(-1, 1, (2, S_PX, S_PX, 3)).astype(np.float32)
     batch = {"sat_image": imgs, "map_image": imgs[::-1], "coords": batch["coords"]}
-    loss2, m2 = jax.jit(lambda p, b, r: em.loss_fn(p, b, r, {"model": mc}, frozen))(params, batch, jax.random.key(0))
+    loss2, m2 = jax.jit(lambda p, b, r: emt.loss_fn(p, b, r, config, frozen))(params, batch, jax.random.key(0))
     assert np.isfinite(float(loss2)) and float(m2["si_loss"]) > 0
 
 
 def test_load_logits_and_tokenizer_mismatch(model, tok, tmp_path):
-    import earthmapper_jax
-
     d = save_params(tmp_path / "em", model.params, model.config, kind="earthmapper",
                     meta={"tokenizer": str(tok.directory)})
     loaded = earthmapper_jax.load(d)
     assert loaded.mode == "earthmapper"
-    sat, mp = em.split_tokens(_tokens(4), PN), em.split_tokens(_tokens(5), PN)
+    sat, mp = split_tokens(_tokens(4), PN), split_tokens(_tokens(5), PN)
     lg = loaded.logits([[10.0, 20.0], [np.nan, np.nan]], (sat, mp))
     assert lg.shape == (2, 2 * LH, TOK_CFG["vocab_size"])
     with pytest.raises(InputError, match="out of range"):
@@ -318,10 +339,6 @@ def test_bad_mask_and_modality(model):
 
 
 def test_translate_cli(model, tok, tmp_path, capsys):
-    from PIL import Image
-
-    from earthmapper_jax.cli import main
-
     d = save_params(tmp_path / "em", model.params, model.config, kind="earthmapper",
                     meta={"tokenizer": str(tok.directory)})
     src = tmp_path / "in"
@@ -330,14 +347,98 @@ def test_translate_cli(model, tok, tmp_path, capsys):
     for name in ("a", "b", "c"):
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(src / f"{name}.png")
     out = tmp_path / "out"
-    rc = main(["translate", "--checkpoint", str(d), "--direction", "map2sat", str(src), "--out", str(out),
+    rc = cli_main(["translate", "--checkpoint", str(d), "--direction", "map2sat", str(src), "--out", str(out),
                "--batch-size", "2", "--top-k", "1", "--guidance", "0,0,0", "--coords", "30,120"])
     assert rc == 0
     assert sorted(p.name for p in out.iterdir()) == ["a_sat.png", "b_sat.png", "c_sat.png"]
     assert Image.open(out / "a_sat.png").size == (S_PX, S_PX)
     Image.fromarray(np.zeros((64, 32, 3), np.uint8)).save(src / "bad.png")
-    rc = main(["translate", "--checkpoint", str(d), "--direction", "map2sat", str(src / "bad.png"), "--out", str(out)])
+    rc = cli_main(["translate", "--checkpoint", str(d), "--direction", "map2sat", str(src / "bad.png"), "--out", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and err[-1].endswith("expected a square tile")
-    rc = main(["translate", "--checkpoint", str(d), "--direction", "up", str(src), "--out", str(out)])
+    rc = cli_main(["translate", "--checkpoint", str(d), "--direction", "up", str(src), "--out", str(out)])
     assert rc == 1 and "unknown direction" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- layout of saved models
+
+
+def test_param_tree_is_the_saved_layout():
+    """The tiny model's parameter names, nesting and shapes, as saved model directories hold
+    them (written out here, not derived from the code)."""
+    C, V, L, K = 128, 512, 130, 6
+    block = {"attn/mat_qkv/kernel": (C, 3 * C), "attn/proj/kernel": (C, C), "attn/proj/bias": (C,),
+             "attn/q_bias": (C,), "attn/v_bias": (C,), "attn/scale_mul": (2,),
+             "ffn/fc1/kernel": (C, 4 * C), "ffn/fc1/bias": (4 * C,), "ffn/fc2/kernel": (4 * C, C),
+             "ffn/fc2/bias": (C,), "ada_lin/kernel": (C, 6 * C), "ada_lin/bias": (6 * C,)}
+    want = {f"blocks/layer_{i}/{k}": v for i in range(2) for k, v in block.items()}
+    want.update({
+        "word_embed/kernel": (8, C), "word_embed/bias": (C,), "pos_start": (1, C), "pos_1LC": (L, C),
+        "lvl_embed/embedding": (K, C), "head_nm/ada_lin/kernel": (C, 2 * C),
+        "head_nm/ada_lin/bias": (2 * C,), "head/kernel": (C, V), "head/bias": (V,),
+        "geo/mlp_in/kernel": (64, C), "geo/mlp_in/bias": (C,), "geo/mlp_out/kernel": (C, C),
+        "geo/mlp_out/bias": (C,), "geo/null": (C,), "modality_embed": (2, C), "cond_null": (C,),
+        "cond_token_embed/embedding": (V, C), "lead_embed": (C,),
+        "si_head/fc1/kernel": (C, 64), "si_head/fc1/bias": (64,), "si_head/fc2/kernel": (64, 64),
+        "si_head/fc2/bias": (64,), "si_head/fc3/kernel": (64, 32), "si_head/fc3/bias": (32,),
+    })
+    mc = em.model_config("tiny")
+    boxed = jax.eval_shape(lambda: em.init_params(mc, jax.random.key(0), keep_axis_names=True))
+    flat = jax.tree_util.tree_flatten_with_path(nn.meta.unbox(boxed))[0]
+    assert {"/".join(k.key for k in path): tuple(x.shape) for path, x in flat} == want
+    plain = jax.eval_shape(lambda: em.init_params(mc, jax.random.key(0)))
+    assert jax.tree.structure(plain) == jax.tree.structure(nn.meta.unbox(boxed))
+
+
+def test_load_reads_the_old_name_of_modality_dropout(model, tok, tmp_path):
+    old = model.config.to_dict()
+    old["cond_drop_rate"] = old.pop("modality_drop_rate")
+    d = save_params(tmp_path / "em_old", model.params, old, kind="earthmapper",
+                    meta={"tokenizer": str(tok.directory)})
+    loaded = earthmapper_jax.load(d)
+    assert "cond_drop_rate" not in loaded.config
+    assert loaded.config.modality_drop_rate == model.config.modality_drop_rate
+
+
+# ----------------------------------------------------------------------------- sample grid
+
+
+@contextlib.contextmanager
+def _count_compilations():
+    """Counts XLA compilations (JAX logs one "Compiling ..." record per cache miss)."""
+    records = []
+
+    class Handler(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("Compiling"):
+                records.append(record.getMessage())
+
+    handler, logger = Handler(level=logging.DEBUG), logging.getLogger("jax")
+    logger.addHandler(handler)
+    previous = jax.config.jax_log_compiles
+    jax.config.update("jax_log_compiles", True)
+    try:
+        yield records
+    finally:
+        jax.config.update("jax_log_compiles", previous)
+        logger.removeHandler(handler)
+
+
+def test_sample_grid_compiles_once_per_run(model, tok, tmp_path):
+    """The trainer's periodic sample hook: the second grid of a run compiles nothing."""
+    mc = dict(model.config.to_dict(), tokenizer_dir=str(tok.directory))
+    config = ml_collections.ConfigDict({"model": mc, "sample_options": {"top_k": 5, "top_p": 0.9}})
+    frozen = emt.load_frozen(config)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (2, S_PX, S_PX, 3)).astype(np.float32)
+    batch = {"sat_image": images, "map_image": images[::-1],
+             "coords": np.array([[1.0, 2.0], [np.nan, np.nan]], np.float32)}
+    params = jax.tree.map(jnp.asarray, model.params)  # a fresh copy, as every training step gives
+    with _count_compilations() as first:
+        emt.sample_fn(params, batch, jax.random.key(0), config, tmp_path / "a.png", frozen)
+    params = jax.tree.map(lambda x: x + 0, params)
+    with _count_compilations() as second:
+        m = emt.sample_fn(params, batch, jax.random.key(1), config, tmp_path / "b.png", frozen)
+    assert first, "the counter saw no compilation at all"
+    assert second == [], second
+    assert Image.open(tmp_path / "b.png").size[0] > 6 * S_PX and set(m) == {"l1_sat2map", "l1_map2sat"}

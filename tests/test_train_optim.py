@@ -88,13 +88,13 @@ def test_cli_train_parses_config_overrides(tmp_path, capsys):
     from earthmapper_jax.cli import main
     from earthmapper_jax.cli.train import load_config
 
-    c = load_config("configs/train_toy.py", ["--config.mesh.fsdp=2", "--config.data.dir=/x",
+    c = load_config("tests/toy_config.py", ["--config.mesh.fsdp=2", "--config.data.dir=/x",
                                              "--config.optim.base_lr", "0.5"])
     assert c.mesh.fsdp == 2 and c.data.dir == "/x" and c.optim.base_lr == 0.5
-    assert main(["train", "--config", "configs/train_toy.py", "--workdir", str(tmp_path),
+    assert main(["train", "--config", "tests/toy_config.py", "--workdir", str(tmp_path),
                  "--config.nope=1"]) == 1
     assert "no field 'nope'" in capsys.readouterr().err
-    assert main(["train", "--config", "configs/train_toy.py", "--workdir", str(tmp_path),
+    assert main(["train", "--config", "tests/toy_config.py", "--workdir", str(tmp_path),
                  "--config.total_steps=4", "--config.progress=False",
                  "--config.eval_every_steps=0"]) == 0
     recs = metrics.read_jsonl(tmp_path / "metrics.jsonl")

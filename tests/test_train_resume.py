@@ -13,13 +13,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from earthmapper_jax.train import checkpoints, optim, sharding, toy_task, trainer
+from earthmapper_jax.train import checkpoints, optim, sharding, trainer
 from earthmapper_jax.train import state as state_lib
 from earthmapper_jax.train.metrics import read_jsonl
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from configs import train_toy  # noqa: E402
+from tests import toy_config as train_toy  # noqa: E402
+from tests import toy_task  # noqa: E402
 
 TOTAL = 60
 COMMON = [f"--config.total_steps={TOTAL}", "--config.log_every_steps=1",
@@ -32,7 +33,7 @@ ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
 
 def _cmd(workdir, *extra):
     return [sys.executable, "-m", "earthmapper_jax.main", "--config",
-            str(ROOT / "configs" / "train_toy.py"), "--workdir", str(workdir), *COMMON, *extra]
+            str(ROOT / "tests" / "toy_config.py"), "--workdir", str(workdir), *COMMON, *extra]
 
 
 def _history(workdir):
@@ -130,7 +131,7 @@ def test_nan_loss_stops_with_step_and_saves_nothing_bad(tmp_path):
     config = _toy_config(toy_nan_at_step=13, total_steps=30, checkpoint__every_steps=5)
     with pytest.raises(trainer.NonFiniteLossError, match=r"loss became nan at step 13.*"
                        r"last good checkpoint: step 10"):
-        trainer.train_and_evaluate(config, tmp_path)
+        trainer.train_and_evaluate(config, tmp_path, task=toy_task.TASK)
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["10", "5"], names  # nothing at or after the bad step, no temp dirs
     params, opt = _final_params(tmp_path, 10)
@@ -139,7 +140,7 @@ def test_nan_loss_stops_with_step_and_saves_nothing_bad(tmp_path):
 
 def test_restore_onto_a_different_mesh(tmp_path):
     config = _toy_config(total_steps=6, checkpoint__every_steps=6, mesh__data=8)
-    trainer.train_and_evaluate(config, tmp_path)
+    trainer.train_and_evaluate(config, tmp_path, task=toy_task.TASK)
     task = toy_task.TASK
     tx, _ = optim.make_optimizer(config.optim, config.batch_size, 6, 0)
     ckpt = checkpoints.Checkpointer(tmp_path / "checkpoints")

@@ -6,9 +6,10 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from earthmapper_jax.errors import EarthMapperError
-from earthmapper_jax.train import optim, sharding, toy_task, trainer
+from earthmapper_jax.train import earthmapper_task, optim, sharding, trainer
+from tests import toy_task
 
-sys_config = __import__("configs.train_toy", fromlist=["get_config"])
+from tests import toy_config as sys_config
 
 
 def _config(**kw):
@@ -114,9 +115,7 @@ def _d16_config(**model):
 
 def test_d16_params_and_optimizer_state_are_sharded():
     """VAR-d16-shaped EarthMapper (318M params): abstract state only, nothing materialised."""
-    from earthmapper_jax.train.task_adapters import earthmapper_task
-
-    config, task = _d16_config(), earthmapper_task()
+    config, task = _d16_config(), earthmapper_task.make_task()
     tx, _ = optim.make_optimizer(config.optim, 192, 1000, 10)
     per_device = {}
     for name, mesh_cfg in {"dp": {"data": 8}, "fsdp": {"fsdp": 8},
@@ -141,14 +140,13 @@ def test_d16_params_and_optimizer_state_are_sharded():
 def test_d16_step_compiles_and_runs_on_cpu(tmp_path):
     """A real d16 training step (batch 1, scales 1..4 so L = 60) on one CPU device."""
     from earthmapper_jax import tokenizer as tokenizer_lib
-    from earthmapper_jax.train.task_adapters import earthmapper_task
 
     tok = dict(ch=32, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=1, z_channels=32,
                vocab_size=4096, image_size=64, patch_nums=(1, 2, 3, 4))
     tokenizer_lib.Tokenizer.init(tok, jax.random.key(0)).save(tmp_path / "tok")
     config = _d16_config(patch_nums=(1, 2, 3, 4), si_weight=0.0, attention="xla",
                          scan_layers=True, dtype="bfloat16", tokenizer_dir=str(tmp_path / "tok"))
-    task = earthmapper_task()
+    task = earthmapper_task.make_task()
     mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
     tx, lr = optim.make_optimizer(config.optim, 1, 100, 0)
     state, state_sh = trainer.create_train_state(config, task, mesh, tx)

@@ -89,6 +89,7 @@ def test_reader_draws_stored_variants_deterministically_and_resumes(prepared):
 
 def test_pretokenised_loss_equals_tokenising_on_the_fly(prepared):
     from earthmapper_jax.models import earthmapper as em
+    from earthmapper_jax.train import earthmapper_task as emt
 
     data, tok_dir, out, _ = prepared
     config = ml_collections.ConfigDict()
@@ -96,15 +97,15 @@ def test_pretokenised_loss_equals_tokenising_on_the_fly(prepared):
                                    vocab_size=MICRO["vocab_size"], cvae=MICRO["z_channels"],
                                    si_weight=0.0)
     config.model.tokenizer_dir = str(tok_dir)
-    params = em.init_params(config, jax.random.key(0))
-    frozen = em.load_frozen(config)
+    params = em.init_params(config.model, jax.random.key(0))
+    frozen = emt.load_frozen(config)
     images = _val_images(data)
     toks = next(tokens.token_pipeline(out, "val", 3, augment=False, shuffle=False))
     rng = jax.random.key(3)
     # The pipelines' keys are the loss's keys; only the host-side tile ids stay behind.
     host_only = lambda b: {k: v for k, v in b.items() if k != "tile_id"}  # noqa: E731
-    loss_img, m_img = em.loss_fn(params, host_only(images), rng, config, frozen)
-    loss_tok, m_tok = em.loss_fn(params, host_only(toks), rng, config, frozen)
+    loss_img, m_img = emt.loss_fn(params, host_only(images), rng, config, frozen)
+    loss_tok, m_tok = emt.loss_fn(params, host_only(toks), rng, config, frozen)
     np.testing.assert_allclose(float(loss_tok), float(loss_img), rtol=1e-6)
     np.testing.assert_allclose(float(m_tok["acc_sat"]), float(m_img["acc_sat"]))
 

@@ -4,19 +4,24 @@
   with and without CFG;
 - the block-causal mask never lets a token see a finer scale (perturbation);
 - scan-over-layers (with and without remat) equals the unrolled stack; layouts convert;
-- mask builders, the VAR filter on candidates vs the full vocabulary.
+- mask builders, the VAR filter on candidates vs the full vocabulary;
+- the parameter tree of VAR d16/d36 is the layout the converters and saved checkpoints use.
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from earthmapper_jax import scales
+from earthmapper_jax import tokenizer as tok_lib
 from earthmapper_jax.errors import InputError
 from earthmapper_jax.models import masks
 from earthmapper_jax.models import var as var_lib
 from earthmapper_jax.models.blocks import stack_block_params, unstack_block_params
 from earthmapper_jax.models.loading import Model
+from earthmapper_jax.models.var_mode import tokenizer_parts
 from earthmapper_jax.sampling import generate_class
 from earthmapper_jax.sampling.filtering import candidates, filter_top_k_top_p, scatter_candidates
 from earthmapper_jax.sampling.var_sampler import sample_var_tokens
@@ -30,8 +35,6 @@ TOK_CFG = dict(ch=32, ch_mult=(1, 1), num_res_blocks=1, vocab_size=512, z_channe
 
 @pytest.fixture(scope="module")
 def model():
-    from earthmapper_jax import tokenizer as tok_lib
-
     tok = tok_lib.Tokenizer.init(TOK_CFG, jax.random.key(0))
     cfg = var_lib.var_config("tiny", attention="einsum", sample_attention="einsum",
                              patch_nums=PATCH_NUMS)
@@ -44,8 +47,6 @@ def model():
 
 
 def _sample(model, labels, cfg, top_k=1):
-    from earthmapper_jax.models.var_mode import tokenizer_parts
-
     tok_module, tok_params = tokenizer_parts(model.tokenizer)
     fn = jax.jit(lambda p, tp, lab, rng: sample_var_tokens(
         model.module, tok_module, p, tp, lab, rng, cfg, 0.0, 1.0, top_k=top_k,
@@ -61,7 +62,7 @@ def test_cached_sampler_equals_teacher_forcing(model, cfg):
     K = len(model.config.patch_nums)
     if cfg:
         tf_u = model.logits(jnp.full_like(labels, model.config.num_classes), maps)
-    for si, (b, e) in enumerate(masks.scale_offsets(model.config.patch_nums)):
+    for si, (b, e) in enumerate(scales.scale_offsets(model.config.patch_nums)):
         want = tf[:, b:e]
         if cfg:
             t = cfg * si / (K - 1)
@@ -102,7 +103,7 @@ def test_mask_blocks_finer_scales(model):
     x = jnp.asarray(rng.normal(size=(2, L - 1, c.cvae)), jnp.float32)
     labels = jnp.array([3, 5])
     base = np.asarray(var_lib.forward(model.module, model.params, labels, x))
-    offsets = masks.scale_offsets(c.patch_nums)
+    offsets = scales.scale_offsets(c.patch_nums)
     for k in range(1, len(c.patch_nums)):
         b, e = offsets[k]
         x2 = x.at[:, b - 1 : e - 1].add(1.0)  # x has no first-scale position: shift by first_l
@@ -151,7 +152,7 @@ def test_training_mode_runs_with_drop_path_and_label_dropout(model):
 
 
 def test_mask_builders():
-    ids = masks.scale_ids((1, 2))
+    ids = scales.scale_ids((1, 2))
     assert ids.tolist() == [0, 1, 1, 1, 1]
     m = masks.var_mask((1, 2))
     assert m[0].tolist() == [True, False, False, False, False] and m[1:].all()
@@ -185,5 +186,56 @@ def test_block_causal_description_equals_mask(model):
     seq = jax.random.normal(jax.random.key(6), (2, L, c.embed_dim))
     run = jax.jit(lambda m: mod.apply(variables, seq, cond, m, method=var_lib.VAR.transformer)[0])
     a = run(masks.as_attention_mask(masks.var_mask(c.patch_nums)))
-    b = run(masks.BlockCausal(jnp.asarray(masks.scale_ids(c.patch_nums))))
+    b = run(masks.BlockCausal(jnp.asarray(scales.scale_ids(c.patch_nums))))
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
+
+
+def _layout(params) -> dict:
+    """{"a/b/c": shape} of a (possibly logically boxed, abstract) parameter tree."""
+    flat = jax.tree_util.tree_flatten_with_path(nn.meta.unbox(params))[0]
+    return {"/".join(k.key for k in path): tuple(x.shape) for path, x in flat}
+
+
+def _block_layout(i, C, heads, shared):
+    out = {
+        "attn/mat_qkv/kernel": (C, 3 * C), "attn/proj/kernel": (C, C), "attn/proj/bias": (C,),
+        "attn/q_bias": (C,), "attn/v_bias": (C,), "attn/scale_mul": (heads,),
+        "ffn/fc1/kernel": (C, 4 * C), "ffn/fc1/bias": (4 * C,),
+        "ffn/fc2/kernel": (4 * C, C), "ffn/fc2/bias": (C,),
+    }
+    out.update({"ada_gss": (6, C)} if shared else {"ada_lin/kernel": (C, 6 * C), "ada_lin/bias": (6 * C,)})
+    return {f"blocks/layer_{i}/{k}": v for k, v in out.items()}
+
+
+@pytest.mark.parametrize("name, depth, L, K, shared", [("d16", 16, 680, 10, False),
+                                                       ("d36", 36, 2240, 10, True)])
+def test_param_tree_is_the_released_layout(name, depth, L, K, shared):
+    """VAR's parameter names, nesting and shapes, as the converters, the parity fixtures and
+    saved model directories have them (written out here, not derived from the code)."""
+    C, V = 64 * depth, 4096
+    want = {
+        "word_embed/kernel": (32, C), "word_embed/bias": (C,), "class_emb/embedding": (1001, C),
+        "pos_start": (1, C), "pos_1LC": (L, C), "lvl_embed/embedding": (K, C),
+        "head_nm/ada_lin/kernel": (C, 2 * C), "head_nm/ada_lin/bias": (2 * C,),
+        "head/kernel": (C, V), "head/bias": (V,),
+    }
+    if shared:
+        want.update({"shared_ada_lin/kernel": (C, 6 * C), "shared_ada_lin/bias": (6 * C,)})
+    for i in range(depth):
+        want.update(_block_layout(i, C, depth, shared))
+    module = var_lib.build(var_lib.var_config(name))
+    abstract = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1,), jnp.int32),
+                              jnp.zeros((1, L - 1, 32), jnp.float32))["params"]
+    assert _layout(abstract) == want
+    assert jax.tree.structure(nn.meta.unbox(abstract)) == jax.tree.structure(_nest(want))
+
+
+def _nest(flat: dict) -> dict:
+    out = {}
+    for path, shape in flat.items():
+        *parents, leaf = path.split("/")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = jax.ShapeDtypeStruct(shape, jnp.float32)
+    return out

@@ -1,1 +1,2 @@
-"""Transformer models: VAR-exact blocks, class-conditional VAR, EarthMapper (GJSA), DINOv2, loading."""
+"""Transformer models: VAR-exact blocks, the shared backbone, class-conditional VAR, EarthMapper
+(GJSA) with its joint layout, VAR-checkpoint conversion and VAR init, DINOv2, loading."""

@@ -21,7 +21,6 @@ import os
 import pathlib
 import re
 import shutil
-import tempfile
 
 import flax.linen as nn
 import jax
@@ -29,15 +28,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from earthmapper_jax.errors import CheckpointError
+from earthmapper_jax.io.checkpoint import read_config, save_params
+from earthmapper_jax.io.files import atomic_dir
+from earthmapper_jax.io.pth import load_state_dict
 from earthmapper_jax.models import var as var_lib
-from earthmapper_jax.models.masks import scale_ids
+from earthmapper_jax.models.backbone import PATCH_NUMS_256, PATCH_NUMS_512, TINY_PATCH_NUMS
+from earthmapper_jax.scales import scale_ids, seq_len
 
-TOKENIZER_SUBDIR = "tokenizer"
+TOKENIZER_SUBDIR = "tokenizer"  # a model directory's own copy of its tokenizer
 
 
 def _patch_nums_for_length(L: int):
-    for pn in (var_lib.PATCH_NUMS_256, var_lib.PATCH_NUMS_512, var_lib.TINY_PATCH_NUMS):
-        if sum(p * p for p in pn) == L:
+    for pn in (PATCH_NUMS_256, PATCH_NUMS_512, TINY_PATCH_NUMS):
+        if seq_len(pn) == L:
             return tuple(pn)
     raise CheckpointError(
         f"pos_1LC has {L} positions, which matches no known patch_nums; pass the tokenizer "
@@ -59,10 +62,10 @@ def detect_config(sd: dict, patch_nums=None):
     if patch_nums is None:
         patch_nums = _patch_nums_for_length(L)
     patch_nums = tuple(int(p) for p in patch_nums)
-    if sum(p * p for p in patch_nums) != L:
+    if seq_len(patch_nums) != L:
         raise CheckpointError(
             f"pos_1LC has {L} positions but the tokenizer's patch_nums {list(patch_nums)} give "
-            f"{sum(p * p for p in patch_nums)}: the checkpoint does not match this tokenizer")
+            f"{seq_len(patch_nums)}: the checkpoint does not match this tokenizer")
     l2 = "blocks.0.attn.scale_mul_1H11" in sd
     shared = any(k.startswith("shared_ada_lin.") for k in sd)
     heads = int(sd["blocks.0.attn.scale_mul_1H11"].shape[1]) if l2 else max(C // 64, 1)
@@ -127,7 +130,7 @@ def _mapping(cfg):
 
 def _buffers(cfg):
     """Buffers VAR saves: consumed after a consistency check (they are recomputed here)."""
-    L = sum(p * p for p in cfg.patch_nums)
+    L = seq_len(cfg.patch_nums)
     ids = scale_ids(cfg.patch_nums)
 
     def lvl(a):
@@ -150,10 +153,9 @@ def var_state_dict_to_params(sd: dict, patch_nums=None):
     """(params, config) from a VAR state_dict; see module doc."""
     cfg = detect_config(sd, patch_nums)
     module = var_lib.build(cfg)
-    L = sum(p * p for p in cfg.patch_nums)
     abstract = nn.meta.unbox(jax.eval_shape(
         module.init, jax.random.key(0), jnp.zeros((1,), jnp.int32),
-        jnp.zeros((1, L - module.first_l, cfg.cvae), jnp.float32),
+        jnp.zeros((1, module.seq_len - module.first_l, cfg.cvae), jnp.float32),
     )["params"])
     want = {tuple(k.key for k in path): leaf.shape
             for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]}
@@ -190,13 +192,6 @@ def var_state_dict_to_params(sd: dict, patch_nums=None):
     return params, cfg
 
 
-def _tokenizer_config(tokenizer_dir) -> dict:
-    from earthmapper_jax.io.checkpoint import read_config
-
-    doc = read_config(tokenizer_dir, expect_kind="tokenizer")
-    return doc["config"]
-
-
 def check_against_tokenizer(cfg, tok_cfg: dict, where: str = "") -> None:
     """CheckpointError when the transformer's vocabulary/Cvae/scales differ from the tokenizer's."""
     prefix = f"{where}: " if where else ""
@@ -215,30 +210,21 @@ def check_against_tokenizer(cfg, tok_cfg: dict, where: str = "") -> None:
 def convert_var_checkpoint(src, dst, tokenizer_dir, *, copy_tokenizer: bool = True,
                            overwrite: bool = False) -> pathlib.Path:
     """VAR .pth -> model directory (see module doc). Returns the directory."""
-    from earthmapper_jax.io.checkpoint import save_params
-    from earthmapper_jax.io.pth import load_state_dict
-
     tokenizer_dir = pathlib.Path(tokenizer_dir).absolute()
-    tok_cfg = _tokenizer_config(tokenizer_dir)
+    tok_cfg = read_config(tokenizer_dir, expect_kind="tokenizer")["config"]
     sd = load_state_dict(src)
     params, cfg = var_state_dict_to_params(sd, patch_nums=tok_cfg["patch_nums"])
     check_against_tokenizer(cfg, tok_cfg, str(src))
 
     dst = pathlib.Path(dst).absolute()
-    if dst.exists() and any(dst.iterdir()) and not overwrite:
-        raise CheckpointError(f"{dst} already exists and is not empty (pass --overwrite)")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    stage = pathlib.Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    meta = {"source": os.path.basename(str(src)), "converted_from": "FoundationVision/VAR"}
+    if not copy_tokenizer:
+        meta["tokenizer"] = str(tokenizer_dir)
     try:
-        meta = {"source": os.path.basename(str(src)), "converted_from": "FoundationVision/VAR"}
-        if not copy_tokenizer:
-            meta["tokenizer"] = str(tokenizer_dir)
-        out = save_params(stage / "model", params, cfg, kind="var", meta=meta)
-        if copy_tokenizer:
-            shutil.copytree(tokenizer_dir, out / TOKENIZER_SUBDIR)
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(out, dst)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        with atomic_dir(dst, overwrite=overwrite) as stage:
+            save_params(stage, params, cfg, kind="var", meta=meta)
+            if copy_tokenizer:
+                shutil.copytree(tokenizer_dir, stage / TOKENIZER_SUBDIR)
+    except FileExistsError:
+        raise CheckpointError(f"{dst} already exists and is not empty (pass --overwrite)") from None
     return dst

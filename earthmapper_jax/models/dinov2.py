@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from earthmapper_jax.errors import CheckpointError
+from earthmapper_jax.io.pth import load_state_dict
 from earthmapper_jax.tokenizer.resize import _cubic_weights, area_resize
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -277,7 +278,5 @@ def convert_state_dict(sd: dict) -> dict:
 
 def load_dinov2(path):
     """(module, params) from an official DINOv2 .pth (e.g. dinov2_vitb14_pretrain.pth)."""
-    from earthmapper_jax.io.pth import load_state_dict
-
     sd = load_state_dict(path)
     return DinoV2(**config_from_state_dict(sd)), convert_state_dict(sd)

@@ -2,7 +2,7 @@
 
     build(config) -> EarthMapper module
     logits(model, coords, indices) -> (B, L, V) fp32 in the joint layout (L = 2·Σpn²; per scale
-        the satellite block then the map block; split with earthmapper.from_joint)
+        the satellite block then the map block; split with layout.from_joint)
         coords: (B, 2) (lat, lon) degrees, a (2,) pair for the whole batch, or None (the null
         coordinate); indices: (sat_maps, map_maps), each a list of K token maps (B, pn, pn).
 """

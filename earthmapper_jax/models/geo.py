@@ -62,10 +62,11 @@ class GeoEmbed(nn.Module):
         feats = jnp.concatenate(
             [sin_embed(safe[:, 0], self.num_freqs), sin_embed(safe[:, 1], self.num_freqs)], -1
         )
-        tn = var_trunc_normal(self.init_std)
+        # logical axis names for sharding (train/sharding.py)
+        tn = nn.with_logical_partitioning(var_trunc_normal(self.init_std), ("mlp", "embed"))
         h = nn.Dense(self.hidden or self.width, kernel_init=tn, name="mlp_in")(feats)
         h = nn.Dense(self.width, kernel_init=tn, name="mlp_out")(nn.silu(h))
-        null = self.param("null", tn, (self.width,), jnp.float32)
+        null = self.param("null", var_trunc_normal(self.init_std), (self.width,), jnp.float32)
         return jnp.where(missing[:, None], null[None, :], h)
 
 

@@ -19,33 +19,41 @@ Public API (stable; notebooks and tests use these names):
             mode whatever that mode defines (coordinates (B, 2) or None).
             indices: list of K int token maps (B, pn, pn) (or (B, pn*pn)), e.g. tokenizer.encode.
         .with_config(**overrides) -> Model   same weights, other execution settings
+        .with_weights(params, tokenizer=None) -> Model   same config and compiled functions
+            (they take the weights as arguments), other weights
+        .cached_jit(key, make)   the one cache of compiled functions: make() builds a jitted
+            function once per Model (and its with_weights copies) and key. Elsewhere only pure
+            builders (numpy tables, a weightless Model per config) are cached, with
+            functools.lru_cache.
 
-    Modes are dispatched through MODES: mode name -> module path; that module provides
-    `build(config)` (the Linen module) and `logits(model, cond, indices)`. VAR mode is
-    `earthmapper_jax.models.var_mode`; the EarthMapper mode registers its own module path here.
+    Modes are dispatched through MODES: mode name -> module (var_mode, earthmapper_mode) with
+    `build(config)` (the Linen module) and `logits(model, cond, indices)`.
+
+Model directories written before the EarthMapper modality dropout was renamed say
+`cond_drop_rate` in config.json; `load` reads it as `modality_drop_rate`.
 """
 
 from __future__ import annotations
 
-import importlib
 import pathlib
 from typing import Any
 
 import ml_collections
 
+from earthmapper_jax import tokenizer as tokenizer_lib
 from earthmapper_jax.errors import CheckpointError, InputError
+from earthmapper_jax.io.checkpoint import load_params, read_config
+from earthmapper_jax.models import earthmapper_mode, var_mode
+from earthmapper_jax.models.blocks import stack_block_params, unstack_block_params
+from earthmapper_jax.models.convert_var import TOKENIZER_SUBDIR, check_against_tokenizer
 
-MODES = {
-    "var": "earthmapper_jax.models.var_mode",
-    "earthmapper": "earthmapper_jax.models.earthmapper_mode",
-}
-TOKENIZER_SUBDIR = "tokenizer"
+MODES = {"var": var_mode, "earthmapper": earthmapper_mode}
 
 
 def mode_module(mode: str):
     if mode not in MODES:
         raise CheckpointError(f"unknown model mode {mode!r}; expected one of {sorted(MODES)}")
-    return importlib.import_module(MODES[mode])
+    return MODES[mode]
 
 
 class Model:
@@ -84,6 +92,12 @@ class Model:
         config, params = apply_overrides(self.config, self.params, overrides)
         return Model(config, params, self.tokenizer, self.directory)
 
+    def with_weights(self, params, tokenizer=None) -> "Model":
+        out = Model(self.config, params, tokenizer if tokenizer is not None else self.tokenizer,
+                    self.directory)
+        out._module, out._jit_cache = self._module, self._jit_cache
+        return out
+
     def __repr__(self):
         c = self.config
         return (f"Model(mode={self.mode!r}, depth={c.get('depth')}, width={c.get('embed_dim')}, "
@@ -92,8 +106,6 @@ class Model:
 
 def apply_overrides(config, params, overrides):
     """Config with execution overrides; params re-laid out if scan_layers changes."""
-    from earthmapper_jax.models.blocks import stack_block_params, unstack_block_params
-
     config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, "to_dict") else dict(config))
     before = bool(config.get("scan_layers", False))
     for k, v in overrides.items():
@@ -107,8 +119,6 @@ def apply_overrides(config, params, overrides):
 
 
 def _load_tokenizer(directory: pathlib.Path, meta: dict):
-    from earthmapper_jax import tokenizer as tokenizer_lib
-
     tdir = directory / TOKENIZER_SUBDIR
     if not tdir.is_dir():
         ref = meta.get("tokenizer")
@@ -123,9 +133,6 @@ def _load_tokenizer(directory: pathlib.Path, meta: dict):
 
 def load(directory, **overrides) -> Model:
     """Loads a model directory (see module doc)."""
-    from earthmapper_jax.io.checkpoint import load_params, read_config
-    from earthmapper_jax.models.convert_var import check_against_tokenizer
-
     directory = pathlib.Path(directory)
     doc = read_config(directory)
     kind = doc.get("kind")
@@ -136,6 +143,11 @@ def load(directory, **overrides) -> Model:
     config = ml_collections.ConfigDict(config)
     if "mode" not in config:
         config.mode = kind
+    if config.mode == "earthmapper" and "cond_drop_rate" in config:  # the name before the rename
+        old = config.cond_drop_rate
+        del config["cond_drop_rate"]
+        if "modality_drop_rate" not in config:
+            config.modality_drop_rate = old
     if "patch_nums" in config:
         config.patch_nums = tuple(int(p) for p in config.patch_nums)
     tokenizer = _load_tokenizer(directory, doc.get("meta") or {})

@@ -1,9 +1,8 @@
 """Attention masks over a sequence of token scales (block-causal next-scale prediction).
 
-Public API (stable; the EarthMapper joint model builds its layouts with these):
+Public API (stable; the EarthMapper joint layout, models/layout.py, builds its masks with these;
+the scale index of every token comes from earthmapper_jax.scales.scale_ids):
 
-    scale_ids(patch_nums) -> np.ndarray (L,) int32
-        The scale index of every token of VAR's sequence (scale si holds pn_si**2 tokens).
     block_causal_mask(q_scale, k_scale=None, *, q_group=None, k_group=None,
                       within_scale="all") -> np.ndarray (Lq, Lk) bool
         True = the query may attend to the key. A query sees every key of a coarser scale and,
@@ -21,6 +20,7 @@ Public API (stable; the EarthMapper joint model builds its layouts with these):
         builds the boolean mask inside the compiled program (`.to_mask()` -> (1, 1, Lq, Lk)).
 
 Masks are numpy constants built from static ids, so they fold into the compiled program.
+`within_scale` is validated where it enters (the model config check); here it is an invariant.
 """
 
 from __future__ import annotations
@@ -31,21 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from earthmapper_jax.scales import scale_ids
+
 WITHIN_SCALE_CHOICES = ("all", "group", "ordered")
-
-
-def scale_ids(patch_nums: Sequence[int]) -> np.ndarray:
-    """Scale index of every position of the flattened token pyramid, (L,) int32."""
-    return np.concatenate([np.full(pn * pn, si, np.int32) for si, pn in enumerate(patch_nums)])
-
-
-def scale_offsets(patch_nums: Sequence[int]) -> list[tuple[int, int]]:
-    """(begin, end) of every scale in the flattened sequence (VAR's `begin_ends`)."""
-    out, cur = [], 0
-    for pn in patch_nums:
-        out.append((cur, cur + pn * pn))
-        cur += pn * pn
-    return out
 
 
 def block_causal_mask(
@@ -64,14 +52,12 @@ def _block_causal(xp, q_scale, k_scale, q_group, k_group, within_scale):
     """The rule on the last axis of the id arrays, in numpy (static) or jax.numpy (traced)."""
     q_scale = xp.asarray(q_scale)
     k_scale = q_scale if k_scale is None else xp.asarray(k_scale)
-    if within_scale not in WITHIN_SCALE_CHOICES:
-        raise ValueError(f"within_scale={within_scale!r}; expected one of {WITHIN_SCALE_CHOICES}")
+    assert within_scale in WITHIN_SCALE_CHOICES, within_scale
     coarser = q_scale[..., :, None] > k_scale[..., None, :]
     same = q_scale[..., :, None] == k_scale[..., None, :]
     if within_scale == "all":
         return coarser | same
-    if q_group is None:
-        raise ValueError(f"within_scale={within_scale!r} needs group ids")
+    assert q_group is not None, f"within_scale={within_scale!r} needs group ids"
     q_group = xp.asarray(q_group)
     k_group = q_group if k_group is None else xp.asarray(k_group)
     if within_scale == "group":

@@ -1,7 +1,7 @@
 """Semantic Infusion (SI, EarthMapper §IV-E): align transformer hidden states with DINOv2 features.
 
 Targets. The paper's E_sem(r_k) is DINOv2 applied to images decoded from the scale-k tokens;
-that needs K decodes and K DINOv2 passes per image and step. We use, as DESIGN §4 proposes,
+that needs K decodes and K DINOv2 passes per image and step. We use instead
 the DINOv2 patch features of the *real* image (224², a 16×16 patch grid for ViT-*/14),
 area-resized (PyTorch 'area', the tokenizer's exact matrices) to each scale's pn×pn grid. They
 do not depend on the model, so they can be computed once per dataset (`precompute_grids`) and
@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from earthmapper_jax.models.dinov2 import preprocess
+from earthmapper_jax.progress import progress as progress_bar
 from earthmapper_jax.tokenizer.resize import area_resize
 
 SI_LOSSES = ("mse", "cosine")
@@ -64,14 +65,13 @@ def targets_from_grid(grid, patch_nums: Sequence[int]):
 
 def per_token_loss(pred, target, kind: str = "mse"):
     """(..., D) x (..., D) -> (...): mean squared error over D, or 1 - cosine similarity."""
+    assert kind in SI_LOSSES, kind  # validated by the model config check (si_loss)
     pred, target = pred.astype(jnp.float32), target.astype(jnp.float32)
     if kind == "mse":
         return jnp.mean(jnp.square(pred - target), axis=-1)
-    if kind == "cosine":
-        num = jnp.sum(pred * target, -1)
-        den = jnp.linalg.norm(pred, axis=-1) * jnp.linalg.norm(target, axis=-1)
-        return 1.0 - num / jnp.maximum(den, 1e-6)
-    raise ValueError(f"SI loss {kind!r}; expected one of {SI_LOSSES}")
+    num = jnp.sum(pred * target, -1)
+    den = jnp.linalg.norm(pred, axis=-1) * jnp.linalg.norm(target, axis=-1)
+    return 1.0 - num / jnp.maximum(den, 1e-6)
 
 
 def scale_mean(per_token, scale_of_token: np.ndarray, num_scales: int, weight=None):
@@ -91,11 +91,12 @@ def precompute_grids(images, dino_module, dino_params, *, batch_size: int = 32, 
     Returns (N, g, g, D) numpy in `dtype` (fp16 halves the storage; the targets are regression
     targets, fp16's 3 significant digits are plenty). Store them beside the token shards.
     """
-    from tqdm import tqdm
-
     fn = jax.jit(lambda p, x: dinov2_grid(dino_module, p, x, size))
     images = np.asarray(images)
     out = []
-    for i in tqdm(range(0, len(images), batch_size), desc="DINOv2 targets", disable=not progress):
-        out.append(np.asarray(fn(dino_params, jnp.asarray(images[i : i + batch_size]))).astype(dtype))
+    with progress_bar(len(images), desc="DINOv2 targets", unit="image", enabled=progress) as bar:
+        for i in range(0, len(images), batch_size):
+            chunk = images[i : i + batch_size]
+            out.append(np.asarray(fn(dino_params, jnp.asarray(chunk))).astype(dtype))
+            bar.update(len(chunk))
     return np.concatenate(out, axis=0)

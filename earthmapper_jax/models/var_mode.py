@@ -7,6 +7,7 @@ Public API:
     check_indices(indices, patch_nums, vocab_size=None) -> list of K int32 (B, pn, pn)
     tokenizer_parts(tokenizer) -> (VQVAE module, tokenizer params): for use inside jit, so the
         tokenizer's weights are arguments of the compiled function, not baked-in constants.
+(check_indices and tokenizer_parts serve the EarthMapper mode too.)
 """
 
 from __future__ import annotations
@@ -26,17 +27,7 @@ def build(config):
 
 
 def tokenizer_parts(tokenizer):
-    module = getattr(tokenizer, "module", None)
-    if module is None:
-        module = getattr(tokenizer, "model", None)
-    if module is None:
-        from earthmapper_jax.tokenizer.model import build as build_tokenizer
-
-        module = build_tokenizer(dict(tokenizer.config))
-    params = tokenizer.params
-    if isinstance(params, dict) and set(params) == {"params"}:
-        params = params["params"]
-    return module, params
+    return tokenizer.model, tokenizer.params
 
 
 def check_labels(labels, num_classes: int, batch: int | None = None):

@@ -10,10 +10,12 @@
     box_mask(size, box, outpaint=False)                                 masks for inpaint
 
 EarthMapper options and guidance: earthmapper_sampler (module doc) and docs/guidance.md.
-Token filtering and PRNG sampling helpers shared by all samplers: `filtering`.
+Token filtering and PRNG sampling helpers shared by all samplers: `filtering`; in-painting
+masks: `inpaint_masks`.
 """
 
-from earthmapper_jax.sampling.earthmapper_sampler import box_mask, generate, inpaint, translate
+from earthmapper_jax.sampling.earthmapper_sampler import generate, inpaint, translate
+from earthmapper_jax.sampling.inpaint_masks import box_mask
 from earthmapper_jax.sampling.var_sampler import generate_class
 
 __all__ = ["generate_class", "translate", "generate", "inpaint", "box_mask"]

@@ -14,11 +14,13 @@ Public API (re-exported by earthmapper_jax.sampling):
         images of `modality` ("sat"/"map"); mask (B, S, S) or (S, S) at image resolution, or
         (B, pn_K, pn_K) on the last token grid: True = generate (in-paint), False = keep.
         Out-painting is the inverted mask (`box_mask(..., outpaint=True)`). The kept tokens are
-        forced at every scale, the mask resized per scale as VAR's zero-shot editing does.
+        forced at every scale, the mask resized per scale as VAR's zero-shot editing does
+        (sampling/inpaint_masks.py).
         condition: optional images of the other modality, teacher-forced (e.g. repaint a
         satellite region under a known map); otherwise the other modality is generated jointly.
 
-    options (all keyword; `**config.sampling` of configs/earthmapper.py works as is):
+    options (all keyword; `**sampling_config()` (= config.sampling of configs/earthmapper.py)
+    works as is):
         guidance=(w_geo, w_cond, w_both)  multi-term CFG weights (guidance.multi_term_cfg);
                      default: the paper's best triples, (2, 2, 2) sat2map, (8, 8, 8) map2sat
                      and for generate / inpaint (0, 0, 4) (plain CFG 4 against the null
@@ -37,6 +39,8 @@ Public API (re-exported by earthmapper_jax.sampling):
 
     sample_joint(module, tok_module, params, tok_params, coords, known, keep, rng, knobs, *,
                  spec) -> dict: the traced program (tests and benchmarks call it directly).
+    sampling_config() -> ConfigDict: the defaults, each call kind's guidance triple under
+        guidance_<kind> (sat2map, map2sat, joint)
 """
 
 from __future__ import annotations
@@ -47,19 +51,22 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from earthmapper_jax.errors import InputError
 from earthmapper_jax.models import earthmapper as em
 from earthmapper_jax.models.blocks import init_caches
 from earthmapper_jax.models.geo import validate_coords
+from earthmapper_jax.models.layout import MAP, SAT, directed_mask, joint_layout
 from earthmapper_jax.models.var_mode import tokenizer_parts
 from earthmapper_jax.sampling import guidance as G
 from earthmapper_jax.sampling.filtering import sample_tokens
-from earthmapper_jax.tokenizer.resize import area_matrix
+from earthmapper_jax.sampling.inpaint_masks import keep_grid, scale_masks
+from earthmapper_jax.scales import flatten_tokens, seq_len
 
 DIRECTIONS = {"sat2map": ("sat", "map"), "map2sat": ("map", "sat")}
-MODALITY_NAMES = {"sat": em.SAT, "satellite": em.SAT, "map": em.MAP}
+MODALITY_NAMES = {"sat": SAT, "map": MAP}
 DEFAULT_GUIDANCE = {"sat2map": (2.0, 2.0, 2.0), "map2sat": (8.0, 8.0, 8.0), "joint": (0.0, 0.0, 4.0)}
 DEFAULTS = dict(complexity=True, gamma=1.0, alpha_power=1.0, beta_min=0.5, kpf_tau=None,
                 top_k=100, top_p=0.55, temperature=1.0, dtype=None, decode=True)
@@ -88,64 +95,15 @@ class Spec:
         return None
 
 
-# ----------------------------------------------------------------------------- masks
-
-
-@functools.lru_cache(maxsize=None)
-def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) PyTorch bilinear (align_corners=False, no antialias) in 1-D."""
-    m = np.zeros((n_out, n_in), np.float64)
-    for i in range(n_out):
-        x = max((i + 0.5) * n_in / n_out - 0.5, 0.0)
-        x0 = min(int(np.floor(x)), n_in - 1)
-        x1 = min(x0 + 1, n_in - 1)
-        w1 = x - x0
-        m[i, x0] += 1.0 - w1
-        m[i, x1] += w1
-    return m
-
-
-def scale_masks(keep_last: np.ndarray, patch_nums) -> list:
-    """Known-token masks per scale from a (B, pn_K, pn_K) float 'fraction kept' grid, as VAR's
-    zero-shot editing: bilinear to pn×pn, > 0.5; scales with pn² <= 3 are kept everywhere."""
-    out = []
-    for pn in patch_nums:
-        if pn * pn <= 3:
-            out.append(np.ones((keep_last.shape[0], pn, pn), bool))
-            continue
-        m = bilinear_matrix(keep_last.shape[1], pn)
-        out.append(np.einsum("oh,bhw,pw->bop", m, keep_last, m) > 0.5)
-    return out
-
-
-def box_mask(size: int, box, outpaint: bool = False) -> np.ndarray:
-    """(size, size) bool generate-mask of a box (y0, x0, y1, x1) given as fractions in [0, 1]:
-    True inside the box (in-painting), or outside it with outpaint=True."""
-    y0, x0, y1, x1 = (float(v) for v in box)
-    if not (0 <= y0 < y1 <= 1 and 0 <= x0 < x1 <= 1):
-        raise InputError(f"box {tuple(box)} must be (y0, x0, y1, x1) fractions with y0<y1, x0<x1 in [0, 1]")
-    m = np.zeros((size, size), bool)
-    m[int(round(y0 * size)):int(round(y1 * size)), int(round(x0 * size)):int(round(x1 * size))] = True
-    return ~m if outpaint else m
-
-
-def _keep_grid(mask, batch: int, image_size: int, last: int) -> np.ndarray:
-    """User generate-mask -> (B, pn_K, pn_K) float fraction of kept pixels per token."""
-    m = np.asarray(mask)
-    if m.dtype != bool and not np.isin(m, (0, 1)).all():
-        raise InputError("mask must be boolean (True = generate, False = keep)")
-    m = m.astype(bool)
-    if m.ndim == 2:
-        m = np.broadcast_to(m, (batch,) + m.shape)
-    if m.ndim != 3 or m.shape[0] != batch or m.shape[1] != m.shape[2] or m.shape[1] not in (image_size, last):
-        raise InputError(
-            f"mask has shape {m.shape}; expected ({batch}, {image_size}, {image_size}) or "
-            f"({batch}, {last}, {last}) (True = generate)")
-    keep = (~m).astype(np.float64)
-    if m.shape[1] == image_size and image_size != last:
-        a = area_matrix(image_size, last).astype(np.float64)
-        keep = np.einsum("oh,bhw,pw->bop", a, keep, a)
-    return keep
+def sampling_config() -> ml_collections.ConfigDict:
+    """The sampler's defaults as a config (see module doc); the triples are the paper's best
+    New York values (Tables IV, V)."""
+    c = ml_collections.ConfigDict({k: v for k, v in DEFAULTS.items()
+                                   if k not in ("kpf_tau", "dtype", "decode")})
+    for kind, triple in DEFAULT_GUIDANCE.items():
+        c[f"guidance_{kind}"] = tuple(triple)
+    c.kpf_tau = ml_collections.config_dict.placeholder(float)
+    return c
 
 
 # ----------------------------------------------------------------------------- the program
@@ -158,7 +116,7 @@ def sample_joint(module, tok_module, params, tok_params, coords, known, keep, rn
     keep: (sat, map) flat bool (B, Σpn²), True = force the known token; knobs: dict of traced
     scalars weights (3,), gamma, alpha_power, beta_min, tau, top_p, temperature.
     With spec.lead (a directed model translating), the condition half's inputs also carry its
-    own current-scale tokens and the mask is earthmapper.directed_mask.
+    own current-scale tokens and the mask is layout.directed_mask.
     Returns {"tokens": (sat_maps, map_maps), "images": (sat, map) or None, ["logits": per scale
     {modality: guided logits (B, pn², V)}]}.
     """
@@ -169,9 +127,9 @@ def sample_joint(module, tok_module, params, tok_params, coords, known, keep, rn
     B = coords.shape[0]
     nb = len(spec.branches)
     rows = nb * B
-    lay = em.joint_layout(pns)
+    lay = joint_layout(pns)
     cond_m = spec.condition
-    full_mask = em.directed_mask(pns, module.within_scale, spec.lead)
+    full_mask = directed_mask(pns, module.within_scale, spec.lead)
 
     drop_geo = jnp.repeat(jnp.asarray([BRANCHES[b][0] for b in spec.branches]), B)
     nulled = jnp.repeat(jnp.asarray([BRANCHES[b][1] for b in spec.branches]), B)
@@ -204,7 +162,7 @@ def sample_joint(module, tok_module, params, tok_params, coords, known, keep, rn
         ratio = G.ramp(si, K)
         rng, *keys = jax.random.split(rng, 3)
         step_logits = {}
-        for m in (em.SAT, em.MAP):
+        for m in (SAT, MAP):
             kn = known[m][:, half_b : half_b + n]
             kp = keep[m][:, half_b : half_b + n]
             if spec.roles[m] == "cond":
@@ -232,7 +190,7 @@ def sample_joint(module, tok_module, params, tok_params, coords, known, keep, rn
             maps[m].append(idx.reshape(B, pn, pn))
         all_logits.append(step_logits)
         nxt = []
-        for m in (em.SAT, em.MAP):
+        for m in (SAT, MAP):
             emb = tok_module.apply(tp, maps[m][-1], method="embed")
             f_hat[m], nx = tok_module.apply(tp, si, K, f_hat[m], emb, method="next_autoregressive_input")
             nxt.append(nx)
@@ -250,7 +208,7 @@ def sample_joint(module, tok_module, params, tok_params, coords, known, keep, rn
     if spec.decode:
         images = tuple(
             None if spec.roles[m] == "cond" else tok_module.apply(tp, f_hat[m], method="decode_fhat")
-            for m in (em.SAT, em.MAP))
+            for m in (SAT, MAP))
     out = {"tokens": (maps[0], maps[1]), "images": images}
     if spec.return_logits:
         out["logits"] = all_logits
@@ -337,7 +295,7 @@ def _run(model, coords, known, keep, roles, rng, o, return_logits=False):
 
 def _encode(model, images, what: str):
     try:
-        return em.flatten_tokens(model.tokenizer.encode(images))
+        return flatten_tokens(model.tokenizer.encode(images))
     except InputError as e:
         raise InputError(f"{what}: {e}") from None
 
@@ -369,7 +327,7 @@ def generate(model, coords, rng, batch=None, **options):
     o = _options("joint", options)
     coords = validate_coords(coords, batch)
     B = coords.shape[0]
-    Lh = sum(p * p for p in model.config.patch_nums)
+    Lh = seq_len(model.config.patch_nums)
     zeros = jnp.zeros((B, Lh), jnp.int32)
     no = jnp.zeros((B, Lh), bool)
     out = _run(model, coords, (zeros, zeros), (no, no), ("free", "free"), rng, o)
@@ -382,14 +340,14 @@ def inpaint(model, images, mask, modality, rng, coords=None, condition=None, **o
     if modality not in MODALITY_NAMES:
         raise InputError(f"unknown modality {modality!r}; expected 'sat' or 'map'")
     o = _options("joint", options) if condition is None else _options(
-        "map2sat" if MODALITY_NAMES[modality] == em.SAT else "sat2map", options)
+        "map2sat" if MODALITY_NAMES[modality] == SAT else "sat2map", options)
     m = MODALITY_NAMES[modality]
     tokens = _encode(model, images, f"{modality} images")
     B = tokens.shape[0]
     coords = validate_coords(coords, B)
     pns = tuple(model.config.patch_nums)
-    keep_grid = _keep_grid(mask, B, model.tokenizer.image_size, pns[-1])
-    kp = jnp.asarray(np.concatenate([k.reshape(B, -1) for k in scale_masks(keep_grid, pns)], 1))
+    kg = keep_grid(mask, B, model.tokenizer.image_size, pns[-1])
+    kp = jnp.asarray(np.concatenate([k.reshape(B, -1) for k in scale_masks(kg, pns)], 1))
     known = [jnp.zeros_like(tokens)] * 2
     keep = [jnp.zeros(tokens.shape, bool)] * 2
     roles = ["free", "free"]

@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 
 
-
 def ramp(si: int, num_scales: int) -> float:
     """α(r) of VAR: r = si/(K-1) (0 at the first scale, 1 at the last); static."""
     return si / max(num_scales - 1, 1)

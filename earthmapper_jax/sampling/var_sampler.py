@@ -39,7 +39,6 @@ import jax.numpy as jnp
 from earthmapper_jax.errors import InputError
 from earthmapper_jax.models import var as var_lib
 from earthmapper_jax.models.blocks import init_caches
-from earthmapper_jax.models.masks import scale_offsets
 from earthmapper_jax.models.var_mode import check_labels, tokenizer_parts
 from earthmapper_jax.sampling.filtering import (
     candidates,
@@ -47,6 +46,7 @@ from earthmapper_jax.sampling.filtering import (
     sample_tokens,
     scatter_candidates,
 )
+from earthmapper_jax.scales import scale_offsets
 
 
 def fast_key(rng):

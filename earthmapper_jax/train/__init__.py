@@ -5,7 +5,7 @@
 
 Modules: sharding (mesh, logical-axis rules, batch assembly), optim (VAR's AdamW recipe),
 state (TrainState), checkpoints (Orbax manager with the Grain iterator), metrics (JSONL,
-progress, MFU), tasks (the Task interface; task_adapters for the real models, toy_task for
-tests), defaults (the training fields of every config), trainer (the loop). See
-docs/training.md.
+progress, MFU), tasks (the Task interface), earthmapper_task / tokenizer_task (one file per
+task), image_data (the image pairs both tasks read), defaults (the training fields of every
+config), trainer (the loop and the task registry). See docs/training.md.
 """

@@ -1,17 +1,16 @@
-"""What the trainer needs from a model: a `Task` of plain functions, chosen by `config.task`.
+"""What the trainer needs from a model: a `Task` of plain functions.
 
 The trainer is generic; a task says how to build params, compute the loss, feed data and
-draw samples. Adapters for the real models live in `task_adapters.py` (thin, they only call the
-model helpers' own functions); `toy_task.py` is a small conv/MLP model used by the tests.
+draw samples. One file per task holds all of it: `earthmapper_task.py`, `tokenizer_task.py`
+(each with `make_task()`); `trainer.REGISTRY` maps `config.task` to those factories (this
+module cannot hold it: the task modules import `Task` from here). The trainer's own test model
+is tests/toy_task.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from typing import Any, Callable, Iterator, Optional
-
-from earthmapper_jax.errors import EarthMapperError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,10 +18,15 @@ class Task:
     """Functions the trainer calls (all but the first three are optional).
 
     init_params(config, rng) -> params; leaves may be `nn.LogicallyPartitioned` boxes.
+        With `pretrained`: init_params(config, rng, part) overwrites the leaves `part` holds.
     loss_fn(params, batch, rng, config, frozen) -> (fp32 scalar loss, dict of scalar metrics);
         traced under jit, batch = dict of global jax.Arrays.
     train_data(config, *, seed, batch_size) -> checkpointable iterator (get_state/set_state)
         of host-local numpy dict batches of `batch_size` (this process's share).
+    pretrained(config) -> partial params tree of host arrays (read from disk once, on the host),
+        or None: weights to start from (e.g. VAR's for EarthMapper). The trainer places it
+        like the params and passes it to init_params inside the jitted init; a resumed run
+        never reads it.
     load_frozen(config) -> pytree of arrays that are not trained (a frozen tokenizer, DINOv2);
         placed on the devices once (replicated) and passed to loss/eval/sample as `frozen`.
     eval_data(config, *, batch_size) -> finite iterable of host-local numpy dict batches.
@@ -45,6 +49,7 @@ class Task:
     init_params: Callable[..., Any]
     loss_fn: Callable[..., Any]
     train_data: Callable[..., Iterator[dict]]
+    pretrained: Optional[Callable[..., Any]] = None
     load_frozen: Optional[Callable[..., Any]] = None
     eval_data: Optional[Callable[..., Any]] = None
     eval_fn: Optional[Callable[..., dict]] = None
@@ -54,22 +59,3 @@ class Task:
     update_extra: Optional[Callable[..., Any]] = None
     examples_per_epoch: Optional[Callable[..., int]] = None
     flops_per_example: Optional[Callable[..., float]] = None
-
-
-# config.task -> "module:attribute" of a Task or of a zero-argument function returning one.
-REGISTRY = {
-    "toy": "earthmapper_jax.train.toy_task:TASK",
-    "tokenizer": "earthmapper_jax.train.task_adapters:tokenizer_task",
-    "earthmapper": "earthmapper_jax.train.task_adapters:earthmapper_task",
-}
-
-
-def get_task(config) -> Task:
-    """The Task named by `config.task`."""
-    name = config.get("task", None)
-    if name not in REGISTRY:
-        raise EarthMapperError(
-            f"config.task={name!r} is not a known task; expected one of {sorted(REGISTRY)}")
-    module, attr = REGISTRY[name].split(":")
-    obj = getattr(importlib.import_module(module), attr)
-    return obj if isinstance(obj, Task) else obj()

@@ -1,6 +1,7 @@
-"""`train_and_evaluate(config, workdir)`: the whole training run, top to bottom.
+"""`train_and_evaluate(config, workdir, task=None)`: the whole training run, top to bottom.
 
-Works for any `Task` (tokenizer, EarthMapper, the toy model) on one CPU, one GPU or a pod:
+Works for any `Task` (train/tasks.py; REGISTRY below names the real ones, tests pass their toy
+model's) on one CPU, one GPU or a pod:
 the mesh comes from the config, params and optimizer state are born sharded, batches are
 assembled from each process's share, the state is donated to the step. Mixed precision is the
 model's business (`config.model.dtype`, e.g. bfloat16 compute on the fp32 params the trainer
@@ -19,11 +20,30 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from etils import epath
+from jax.experimental import multihost_utils
 
-from earthmapper_jax.errors import EarthMapperError
-from earthmapper_jax.train import checkpoints, metrics as metrics_lib, optim, sharding
+from earthmapper_jax.errors import EarthMapperError, InputError
+from earthmapper_jax.io.files import is_remote
+from earthmapper_jax.progress import progress
+from earthmapper_jax.train import checkpoints, earthmapper_task, optim, sharding, tokenizer_task
+from earthmapper_jax.train import metrics as metrics_lib
 from earthmapper_jax.train import state as state_lib
-from earthmapper_jax.train.tasks import get_task
+from earthmapper_jax.train.tasks import Task
+
+# config.task -> the factory of its Task.
+REGISTRY = {
+    "earthmapper": earthmapper_task.make_task,
+    "tokenizer": tokenizer_task.make_task,
+}
+
+
+def get_task(config) -> Task:
+    """The Task named by `config.task`."""
+    name = config.get("task", None)
+    if name not in REGISTRY:
+        raise InputError(f"config.task={name!r} is not a known task; expected one of "
+                         f"{sorted(REGISTRY)}")
+    return REGISTRY[name]()
 
 
 class NonFiniteLossError(EarthMapperError):
@@ -72,8 +92,12 @@ def _unbox(tree):
     return nn.meta.unbox(tree)
 
 
-def _fresh_state(config, task, tx, init_key):
-    params = _unbox(task.init_params(config, init_key))
+def _fresh_state(config, task, tx, init_key, pretrained=None):
+    if pretrained is None:
+        params = task.init_params(config, init_key)
+    else:
+        params = task.init_params(config, init_key, pretrained)
+    params = _unbox(params)
     extra = task.init_extra(config) if task.init_extra is not None else {}
     return state_lib.create(params, tx, config.seed, extra)
 
@@ -105,11 +129,26 @@ def create_train_state(config, task, mesh, tx, rules=sharding.LOGICAL_AXIS_RULES
     one jit'd init writes each device's slice directly, nothing is materialised whole."""
     init_key = jax.random.fold_in(jax.random.key(config.seed), 1)
     _, state_sh = abstract_train_state(config, task, mesh, tx, rules)
-
+    pretrained = task.pretrained(config) if task.pretrained is not None else None
+    if pretrained is not None:  # host arrays -> device arrays sharded like their parameters
+        pretrained = jax.tree.map(_put_sharded, pretrained,
+                                  _prefix_of(state_sh.params, pretrained))
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        state = jax.jit(lambda: _fresh_state(config, task, tx, init_key),
-                        out_shardings=state_sh)()
+        state = jax.jit(lambda pre: _fresh_state(config, task, tx, init_key, pre),
+                        out_shardings=state_sh)(pretrained)
     return state, state_sh
+
+
+def _prefix_of(tree, part):
+    """The subtree of nested dict `tree` that has the keys of `part`."""
+    if isinstance(part, dict):
+        return {k: _prefix_of(tree[k], v) for k, v in part.items()}
+    return tree
+
+
+def _put_sharded(x, sharding):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
 
 def make_train_step(config, task, tx, lr_fn):
@@ -174,8 +213,6 @@ def _all_agree(flag: bool) -> bool:
     """True on every process if it is true on process 0 (hosts must stop at the same step)."""
     if jax.process_count() == 1:
         return flag
-    from jax.experimental import multihost_utils
-
     return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
 
 
@@ -184,7 +221,7 @@ def _export(task, state, config, workdir):
     exported by running the same command again on one host, which restores and exports)."""
     if task.export is None:
         return
-    if jax.process_count() > 1 or metrics_lib.is_remote(workdir):
+    if jax.process_count() > 1 or is_remote(workdir):
         if jax.process_index() == 0:
             print("export skipped (multi-host run or gs:// workdir): copy the workdir to a "
                   "local disk and rerun the same command there on one host to export the final "
@@ -194,17 +231,17 @@ def _export(task, state, config, workdir):
     print(f"exported the trained model to {path}", flush=True)
 
 
-def train_and_evaluate(config, workdir) -> dict:
-    """Trains `config.task` to `config.total_steps` (or `num_epochs`), resuming from the newest
-    checkpoint in `workdir` if there is one. Returns a summary dict (final step, last metrics,
-    why it stopped: "done" or "preempted")."""
+def train_and_evaluate(config, workdir, task: Task | None = None) -> dict:
+    """Trains `task` (default: REGISTRY[config.task]()) to `config.total_steps` (or
+    `num_epochs`), resuming from the newest checkpoint in `workdir` if there is one. Returns a
+    summary dict (final step, last metrics, why it stopped: "done" or "preempted")."""
     workdir = epath.Path(workdir)  # local or gs://
     workdir.mkdir(parents=True, exist_ok=True)
     sharding.maybe_initialize_distributed(config)
     is_main = jax.process_index() == 0
 
     ##### Mesh, task, optimiser #####
-    task = get_task(config)
+    task = task if task is not None else get_task(config)
     mesh = sharding.make_mesh(config.get("mesh", None))
     rules = tuple(tuple(r) for r in (config.get("sharding_rules", None)
                                      or sharding.LOGICAL_AXIS_RULES))
@@ -271,7 +308,8 @@ def train_and_evaluate(config, workdir) -> dict:
         return n > 0 and step % n == 0
 
     ##### Loop #####
-    bar = metrics_lib.progress_bar(total_steps, start, is_main and config.get("progress", True))
+    bar = progress(total_steps, desc="train", unit="step", initial=start,
+                   enabled=is_main and config.get("progress", True))
     log_every = config.get("log_every_steps", 50)
     pending = None  # (step, device metrics): read one step late so the device never waits
     last = {}

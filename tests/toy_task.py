@@ -2,7 +2,9 @@
 
 It exercises everything a real task does (logically partitioned params, a positional table and
 biases for the no-decay list, dropout RNG, a checkpointable Grain pipeline, eval and sample
-hooks) at a size that trains in seconds on CPU.
+hooks) at a size that trains in seconds on CPU. Tests pass `TASK` to
+`trainer.train_and_evaluate(config, workdir, task=TASK)`; tests/toy_config.py adds it to the
+trainer's registry as "toy" for runs through the command line.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from earthmapper_jax.io.images import write_grid
 from earthmapper_jax.train.tasks import Task
 
 
@@ -138,8 +141,6 @@ def eval_data(config, *, batch_size):
 
 def sample_fn(params, batch, rng, config, path, frozen=None):
     """Writes the inputs as a PNG strip (process 0); returns the accuracy on them."""
-    from earthmapper_jax.train.task_adapters import write_grid
-
     logits = jax.jit(lambda p, x: _model(config).apply({"params": p}, x, train=False))(
         params, jnp.asarray(batch["image"]))
     pred = np.asarray(jax.device_get(logits)).argmax(-1)
@@ -155,3 +156,7 @@ def examples_per_epoch(config):
 TASK = Task(name="toy", init_params=init_params, loss_fn=loss_fn, train_data=train_data,
             eval_data=eval_data, eval_fn=eval_fn, sample_fn=sample_fn,
             examples_per_epoch=examples_per_epoch)
+
+
+def make_task() -> Task:
+    return TASK

@@ -1,14 +1,20 @@
-"""Toy classifier (the trainer's own test model): checks the training system in seconds on CPU.
+"""Toy classifier (the trainer's own test model, tests/toy_task.py): checks the training system
+in seconds on CPU. The toy is not a production task: loading this config adds it to the
+trainer's registry as "toy" (so the command line can run it); tests pass the task directly.
 
-Run:
-    python -m earthmapper_jax.main --config configs/train_toy.py --workdir /tmp/toy
-    python -m earthmapper_jax.main --config configs/train_toy.py --workdir /tmp/toy \
+Run from the repository root (the toy task lives in tests/):
+    python -m earthmapper_jax.main --config tests/toy_config.py --workdir /tmp/toy
+    python -m earthmapper_jax.main --config tests/toy_config.py --workdir /tmp/toy \
         --config.mesh.fsdp=2 --config.total_steps=50
 """
 
 import ml_collections
 
+from earthmapper_jax.train import trainer
 from earthmapper_jax.train.defaults import add_training_fields
+from tests import toy_task
+
+trainer.REGISTRY.setdefault("toy", toy_task.make_task)
 
 
 def get_config(arg=None):
