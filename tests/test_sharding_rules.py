@@ -17,6 +17,7 @@ from jax.sharding import PartitionSpec as P
 from earthmapper_jax import tokenizer as tok_lib
 from earthmapper_jax.errors import EarthMapperError
 from earthmapper_jax.io.pth import load_state_dict
+from earthmapper_jax.models import earthmapper as em_lib
 from earthmapper_jax.models import var as var_lib
 from earthmapper_jax.models.blocks import AdaLNSelfAttn
 from earthmapper_jax.tokenizer import losses
@@ -116,13 +117,24 @@ def test_every_large_var_param_is_sharded_under_fsdp(name):
     _assert_large_params_sharded(_var_boxed(name))
 
 
+def test_every_large_earthmapper_param_is_sharded_under_fsdp():
+    """The GJSA additions (geo MLP, condition embeddings, SI head, shared AdaLN) are named too."""
+    config = em_lib.model_config("d16", si_layer=8, shared_aln=True)
+    boxed = jax.eval_shape(lambda: em_lib.init_params(config, jax.random.key(0),
+                                                      keep_axis_names=True))
+    assert sharding.naming_problems(boxed) == []
+    for key in ("si_head", "shared_ada_lin", "geo", "cond_token_embed"):
+        assert key in boxed
+    _assert_large_params_sharded(boxed)
+
+
 @pytest.mark.parametrize("arg,gan", [("tiny", True), ("256", False)])
 def test_every_large_tokenizer_param_is_sharded_under_fsdp(arg, gan):
     _assert_large_params_sharded(_tokenizer_boxed(arg, gan))
 
 
 def test_every_block_param_is_named_at_creation():
-    """Blocks and tokenizer never rely on the transitional path regexes."""
+    """Blocks and tokenizer carry a name for every dimension of every parameter."""
     for tree in (_var_boxed("d16")["blocks"], _var_boxed("d36")["blocks"],
                  _tokenizer_boxed("tiny", gan=True)):
         for path, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_box)[0]:

@@ -169,7 +169,7 @@ class Backbone(nn.Module):
         self.lvl_embed = nn.Embed(len(self.patch_nums), C,
                                   embedding_init=logical(tn, None, "embed"), name="lvl_embed")
         if self.shared_aln:
-            self.shared_ada_lin = nn.Dense(6 * C, dtype=self.dtype, kernel_init=tn,
+            self.shared_ada_lin = nn.Dense(6 * C, dtype=self.dtype, kernel_init=logical(tn, "embed", "adaln"),
                                            name="shared_ada_lin")
         self.blocks = BlockStack(
             depth=self.depth, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,

@@ -45,9 +45,16 @@ class AlignmentMLP(nn.Module):
     @nn.compact
     def __call__(self, h):
         h = h.astype(jnp.float32)
-        h = nn.silu(nn.Dense(self.hidden, name="fc1")(h))
-        h = nn.silu(nn.Dense(self.hidden, name="fc2")(h))
-        return nn.Dense(self.out_dim, name="fc3")(h)
+        h = nn.silu(nn.Dense(self.hidden, kernel_init=_named("embed", "mlp"),
+                             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
+                             name="fc1")(h))
+        h = nn.silu(nn.Dense(self.hidden, kernel_init=_named("mlp", "embed"), name="fc2")(h))
+        return nn.Dense(self.out_dim, kernel_init=_named("embed", None), name="fc3")(h)
+
+
+def _named(*names):
+    """Flax's default Dense kernel init, carrying logical axis names (train/sharding.py)."""
+    return nn.with_logical_partitioning(nn.initializers.lecun_normal(), names)
 
 
 def dinov2_grid(dino_module, dino_params, images, size: int = 224):

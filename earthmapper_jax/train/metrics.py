@@ -11,7 +11,6 @@ import numpy as np
 from etils import epath
 
 from earthmapper_jax.io.files import is_remote, write_text
-from earthmapper_jax.progress import progress
 
 # Dense bf16 peak FLOP/s per device, by `device_kind` prefix (vendor datasheets).
 PEAK_FLOPS = {
@@ -150,12 +149,6 @@ class Throughput:
                     out["perf/mfu"] = achieved / self.total_peak
         self.t0, self.steps = now, 0
         return out
-
-
-def progress_bar(total: int, initial: int, enabled: bool):
-    """The training loop's bar over steps. A thin alias of `earthmapper_jax.progress.progress`
-    kept for the trainer, which calls it by this name."""
-    return progress(total, unit="step", enabled=enabled, initial=initial)
 
 
 def format_postfix(metrics: dict) -> dict:

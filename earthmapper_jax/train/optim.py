@@ -1,4 +1,4 @@
-"""VAR's optimiser recipe as an optax chain (var_reference.md §3.3-3.4).
+"""VAR's optimiser recipe as an optax chain (as VAR's train.py and utils/lr_control.py set it up).
 
 clip_by_global_norm(2.0) -> Adam(β 0.9, 0.95) -> decoupled weight decay (0.05, not on VAR's
 no-decay list) -> learning rate: peak = base_lr · global_batch / 256, linear warm-up from

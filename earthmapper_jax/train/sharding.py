@@ -23,16 +23,12 @@ device (an OOM on the pod, or a smaller batch than the hardware allows). The che
 a warning would scroll by in the logs. Smaller unnamed parameters stay replicated (sharding them
 saves little), so a bias or norm scale of a test model does not stop a run.
 
-`PARAM_RULES` (regexes on parameter paths) is a transitional table for the parameters of modules
-that do not annotate yet (embeddings, shared_ada_lin, the geo MLP and the SI head in
-models/var.py, earthmapper.py, geo.py, semantic.py); it goes once those are annotated.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
 
 import flax.linen as nn
 import jax
@@ -72,27 +68,6 @@ LOGICAL_AXIS_RULES = (
     ("conv_w", None),
     ("conv_in", None),
     ("conv_out", "fsdp"),
-)
-
-# TRANSITIONAL: logical names by regex on the '/'-joined path (first match wins; names align
-# with the *trailing* dims) for parameters whose modules do not annotate yet. Annotated in
-# models/backbone.py by H1's change; remove after merge. (head and head_nm are already annotated
-# by blocks.LogitsHead / AdaLNBeforeHead, so their entries only matter if the backbone builds
-# its own; si_head and shared_ada_lin are in semantic.py / var.py, not in H1's list.)
-PARAM_RULES = (
-    (r"(^|/)word_embed/kernel$", (None, "embed")),
-    (r"(^|/)(pos_1LC|pos_start|lvl_embed/embedding|modality_embed)$", (None, "embed")),
-    (r"(^|/)(cond_token_embed|class_emb)/embedding$", ("vocab", "embed")),
-    (r"(^|/)head/kernel$", ("embed", "vocab")),
-    (r"(^|/)head/bias$", ("vocab",)),
-    (r"(^|/)head_nm/ada_lin/kernel$", ("embed", "mlp")),
-    (r"(^|/)head_nm/ada_lin/bias$", ("mlp",)),
-    (r"(^|/)geo/mlp_(in|out)/kernel$", ("mlp", "embed")),
-    (r"(^|/)si_head/fc1/kernel$", ("embed", "mlp")),
-    (r"(^|/)si_head/fc1/bias$", ("mlp",)),
-    (r"(^|/)si_head/fc2/kernel$", ("mlp", "embed")),
-    (r"(^|/)si_head/fc3/kernel$", ("embed", None)),  # as the old FSDP fallback placed it
-    (r"(^|/)shared_ada_lin/kernel$", ("embed", "adaln")),
 )
 
 # Parameters smaller than this may go without logical names (they stay replicated: sharding
@@ -178,47 +153,34 @@ def _fsdp_fallback(shape, mesh, min_size=FSDP_MIN_SIZE) -> P:
     return P()
 
 
-def _logical_from_path(name, ndim, param_rules):
-    for pattern, names in param_rules:
-        if re.search(pattern, name):
-            if len(names) > ndim:
-                return None
-            return (None,) * (ndim - len(names)) + tuple(names)
-    return None
-
-
 def _is_box(x):
     return isinstance(x, nn.meta.AxisMetadata)
 
 
-def logical_names(leaf, name: str = "", param_rules=PARAM_RULES):
-    """The logical axis names of one parameter: its box's, else the transitional PARAM_RULES
-    entry for its path `name`, else None."""
+def logical_names(leaf):
+    """The logical axis names of one parameter (its box's), or None for a bare array."""
     if isinstance(leaf, nn.LogicallyPartitioned):
         return tuple(leaf.names)
-    if name:
-        return _logical_from_path(name, len(np.shape(leaf)), param_rules)
     return None
 
 
-def spec_for(leaf, mesh, rules=LOGICAL_AXIS_RULES, name: str = "",
-             param_rules=PARAM_RULES) -> P:
+def spec_for(leaf, mesh, rules=LOGICAL_AXIS_RULES) -> P:
     """PartitionSpec of one (possibly logically boxed, possibly abstract) parameter: its own
-    logical names (or the names `param_rules` give its path `name`) through `rules`; a bare
+    logical names through `rules`; a bare
     leaf without names is FSDP-sharded on its largest divisible dimension (params trees go
     through `param_shardings`, which refuses large unnamed leaves instead)."""
     if isinstance(leaf, nn.Partitioned) and not isinstance(leaf, nn.LogicallyPartitioned):
         return _fit_spec(list(leaf.names), leaf.value.shape, mesh)  # already mesh axis names
     value = leaf.value if _is_box(leaf) else leaf
     shape = np.shape(value)
-    names = logical_names(leaf, name, param_rules)
+    names = logical_names(leaf)
     if names is None:
         return _fsdp_fallback(shape, mesh)
     table = _rules_dict(rules)
     return _fit_spec([table.get(n) if n is not None else None for n in names], shape, mesh)
 
 
-def naming_problems(boxed_params, rules=LOGICAL_AXIS_RULES, param_rules=PARAM_RULES) -> list:
+def naming_problems(boxed_params, rules=LOGICAL_AXIS_RULES) -> list:
     """One line per parameter that `param_shardings` refuses: FSDP_MIN_SIZE elements or more
     without logical names, or a logical name `rules` has no entry for."""
     known = set(_rules_dict(rules))
@@ -228,7 +190,7 @@ def naming_problems(boxed_params, rules=LOGICAL_AXIS_RULES, param_rules=PARAM_RU
         shape = tuple(np.shape(leaf.value if _is_box(leaf) else leaf))
         if isinstance(leaf, nn.Partitioned) and not isinstance(leaf, nn.LogicallyPartitioned):
             continue  # mesh axes given directly
-        names = logical_names(leaf, name, param_rules)
+        names = logical_names(leaf)
         if names is None:
             if math.prod(shape) >= FSDP_MIN_SIZE:
                 problems.append(f"{name} {shape} has no logical axis names (create it with "
@@ -242,18 +204,18 @@ def naming_problems(boxed_params, rules=LOGICAL_AXIS_RULES, param_rules=PARAM_RU
     return problems
 
 
-def param_shardings(boxed_params, mesh, rules=LOGICAL_AXIS_RULES, param_rules=PARAM_RULES):
+def param_shardings(boxed_params, mesh, rules=LOGICAL_AXIS_RULES):
     """NamedSharding tree for a params tree whose leaves may be `nn.LogicallyPartitioned`.
 
     The result has the structure of the *unboxed* params. Raises EarthMapperError listing
     `naming_problems` (see the module doc for why it raises).
     """
-    problems = naming_problems(boxed_params, rules, param_rules)
+    problems = naming_problems(boxed_params, rules)
     if problems:
         raise EarthMapperError(
             f"{len(problems)} parameter(s) would be silently replicated: " + "; ".join(problems))
     return jax.tree_util.tree_map_with_path(
-        lambda path, x: NamedSharding(mesh, spec_for(x, mesh, rules, path_name(path), param_rules)),
+        lambda path, x: NamedSharding(mesh, spec_for(x, mesh, rules)),
         boxed_params, is_leaf=_is_box)
 
 
