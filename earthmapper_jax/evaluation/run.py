@@ -54,7 +54,7 @@ from earthmapper_jax.models.loading import Model
 from earthmapper_jax.models.loading import load as load_model
 from earthmapper_jax.progress import progress
 from earthmapper_jax.sampling import translate
-from earthmapper_jax.tokenizer.lpips import load_lpips, lpips_distance
+from earthmapper_jax.tokenizer.lpips import load_lpips
 from earthmapper_jax.train import sharding
 
 DIRECTIONS = {"sat2map": ("sat", "map"), "map2sat": ("map", "sat")}
@@ -119,10 +119,7 @@ def check_split(data, split) -> None:
 
 def check_checkpoint(path) -> None:
     """InputError in one line unless `path` is an EarthMapper model directory."""
-    try:
-        kind = read_config(path).get("kind")
-    except Exception as e:  # noqa: BLE001 - whatever is wrong with it, say it in one line
-        raise InputError(f"--checkpoint {path}: not a model directory ({e})") from None
+    kind = read_config(path).get("kind")
     if kind != "earthmapper":
         raise InputError(f"--checkpoint {path}: a {kind!r} checkpoint; evaluate needs an "
                          "EarthMapper model directory (WORKDIR/model of a training run)")
@@ -165,17 +162,6 @@ def _prepare_out(req: Request, settings: dict) -> pathlib.Path:
 # ----------------------------------------------------------------------------- the loop
 
 
-@jax.jit
-def _pixel_metrics(generated, real):
-    return {"ssim": pixels.ssim(generated, real), "psnr": pixels.psnr(generated, real),
-            "rmse": pixels.rmse(generated, real)}
-
-
-@functools.partial(jax.jit, static_argnums=3)
-def _lpips(params, generated, real, net):
-    return lpips_distance(params, generated, real, net=net)
-
-
 @functools.lru_cache(maxsize=4)
 def _sampling_model(model_json: str) -> Model:
     """A weightless Model per architecture: runs in one process (tests, notebooks) share its
@@ -209,9 +195,9 @@ class _Scorer:
 
     def paired(self, generated, real) -> dict:
         """Per-image SSIM/PSNR/RMSE(/LPIPS) of (B, S, S, 3) images in [-1, 1]."""
-        out = _pixel_metrics((generated + 1) / 2, (real + 1) / 2)
+        out = pixels.paired_metrics((generated + 1) / 2, (real + 1) / 2)
         if self.lpips is not None:
-            out["lpips"] = _lpips(self.lpips, generated, real, self.net)
+            out["lpips"] = pixels.paired_lpips(self.lpips, generated, real, net=self.net)
         return {k: np.asarray(v, np.float64) for k, v in out.items()}
 
     def features(self, x) -> np.ndarray:
