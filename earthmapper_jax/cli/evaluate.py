@@ -87,11 +87,12 @@ def run(args):
                   no_lpips=args.no_lpips, cache_dir=args.cache_dir, resume=args.resume,
                   overwrite=args.overwrite, progress=not args.quiet, extras=EXTRAS)
     metrics = evaluate(req)
+    labels = {"map2sat": (("FID", "fid"), ("KID x100", "kid_scaled"), ("precision", "precision"),
+                          ("recall", "recall")),
+              "sat2map": (("SSIM", "ssim"), ("PSNR", "psnr"), ("RMSE", "rmse"), ("LPIPS", "lpips"))}
     for d in directions:
         m = metrics[d]
-        keys = ("fid", "kid_scaled", "precision", "recall") if d == "map2sat" else (
-            "ssim", "psnr", "rmse", "lpips")
-        vals = ", ".join(f"{k} {m[k]:.4g}" for k in keys if k in m)
+        vals = ", ".join(f"{name} {m[k]:.4g}" for name, k in labels[d] if k in m)
         print(f"{d} ({m['split']}, {m['n']} tiles): {vals}")
     print(f"wrote {args.out}/metrics.json, table.md, samples.png")
     return 0

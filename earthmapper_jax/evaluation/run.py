@@ -44,9 +44,10 @@ import numpy as np
 from earthmapper_jax.data.pipeline import dataset
 from earthmapper_jax.data.writer import list_splits, read_manifest, split_shards
 from earthmapper_jax.errors import DataError, InputError
-from earthmapper_jax.evaluation import pixels, report
+from earthmapper_jax.evaluation import outputs, pixels, report
 from earthmapper_jax.evaluation.accumulators import FeatureSet, distribution_metrics
 from earthmapper_jax.evaluation.inception import FEATURE_DIM, inception_features, load_inception
+from earthmapper_jax.evaluation.outputs import DIRECTIONS
 from earthmapper_jax.io import images
 from earthmapper_jax.io.checkpoint import read_config
 from earthmapper_jax.io.files import atomic_open, write_json
@@ -57,7 +58,6 @@ from earthmapper_jax.sampling import translate
 from earthmapper_jax.tokenizer.lpips import load_lpips
 from earthmapper_jax.train import sharding
 
-DIRECTIONS = {"sat2map": ("sat", "map"), "map2sat": ("map", "sat")}
 PAIRED = ("ssim", "psnr", "rmse", "lpips")
 GRID_TILES = 8
 
@@ -209,21 +209,6 @@ def _pad(x, b):
     return x if len(x) == b else np.concatenate([x, np.repeat(x[-1:], b - len(x), 0)])
 
 
-def _tile_name(tile_id: str) -> str:
-    return str(tile_id).replace("/", "_").replace(os.sep, "_")
-
-
-def _find_generated(folder: pathlib.Path, direction: str, tile_id: str) -> pathlib.Path:
-    """DIR/<direction>/<tile>.*, else DIR/<tile>_<target>.* (`earthmapper translate`'s names)."""
-    name, target = _tile_name(tile_id), DIRECTIONS[direction][1]
-    for base in (folder / direction / name, folder / f"{name}_{target}"):
-        for suffix in images.IMAGE_SUFFIXES:
-            if base.with_name(base.name + suffix).is_file():
-                return base.with_name(base.name + suffix)
-    raise DataError(f"--generated {folder}: no output for tile {tile_id!r} of the {direction} "
-                    f"split (looked for {direction}/{name}.png and {name}_{target}.png)")
-
-
 def _generate(req, model, mesh, direction, src, coords, index):
     b = len(src)
     x = jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, 4), src)
@@ -232,22 +217,9 @@ def _generate(req, model, mesh, direction, src, coords, index):
     return np.asarray(gen)[:b]
 
 
-def _read_generated(req, direction, tile_ids, size):
-    out = []
-    for t in tile_ids:
-        path = _find_generated(pathlib.Path(req.generated), direction, t)
-        px = images.read_image(path)
-        if px.shape[:2] != (size, size):
-            raise InputError(f"--generated {path}: {px.shape[1]}x{px.shape[0]}, expected "
-                             f"{size}x{size} (the split's tiles)")
-        out.append(images.to_float(px))
-    return np.stack(out)
-
-
 def _run_direction(req, out, direction, model, scorer, mesh, ds, n, size, real_cache):
     src, tgt = DIRECTIONS[direction]
     rec_dir = out / "records" / direction
-    gen_dir = out / "generated" / direction
     rec_dir.mkdir(parents=True, exist_ok=True)
     b = req.batch_size
     batches = range((n + b - 1) // b)
@@ -265,12 +237,12 @@ def _run_direction(req, out, direction, model, scorer, mesh, ds, n, size, real_c
             real = np.stack([e[f"{tgt}_image"] for e in items])
             coords = _pad(np.stack([e["coords"] for e in items]), b)
             if req.generated:
-                gen = _read_generated(req, direction, tile_ids, size)
+                gen = outputs.read_generated(req.generated, direction, tile_ids, size)
             else:
                 gen = _generate(req, model, mesh, direction, _pad(source, b), coords, i)
                 gen8 = images.to_uint8(gen)
                 for t, px in zip(tile_ids, gen8):
-                    images.write_image(gen_dir / f"{_tile_name(t)}.png", px)
+                    images.write_image(outputs.generated_path(out, direction, t), px)
                 gen = images.to_float(gen8)  # scored as the saved files read back
             record = {"tile_id": np.asarray(tile_ids)}
             if direction == "sat2map":
@@ -309,6 +281,9 @@ def _summarise(req, rec_dir, direction, count, real_cache):
         fake = FeatureSet(FEATURE_DIM)
         fake.update(cols["features"])
         if real_cache is None:
+            if "real_features" not in cols:
+                raise DataError(f"{rec_dir}: the records hold no real-tile features and the "
+                                "feature cache is gone; rerun with --overwrite")
             real_cache = FeatureSet(FEATURE_DIM)
             real_cache.update(cols["real_features"])
         res.update(distribution_metrics(fake, real_cache))
@@ -323,18 +298,6 @@ def _summarise(req, rec_dir, direction, count, real_cache):
         else:
             res[extra.name] = {k: float(np.mean(v)) for k, v in values.items()}
     return res
-
-
-def _grid(out, req, ds, direction, size):
-    src, tgt = DIRECTIONS[direction]
-    rows = []
-    for j in range(min(GRID_TILES, len(ds))):
-        e = ds[j]
-        folder = pathlib.Path(req.generated) if req.generated else None
-        path = (_find_generated(folder, direction, e["tile_id"]) if folder
-                else out / "generated" / direction / f"{_tile_name(e['tile_id'])}.png")
-        rows.append([e[f"{src}_image"], images.read_image(path, size), e[f"{tgt}_image"]])
-    return rows
 
 
 def evaluate(req: Request, model=None) -> dict:
@@ -394,7 +357,8 @@ def evaluate(req: Request, model=None) -> dict:
                 real_set.save(cache)
             res["real_cache"] = str(cache)
         metrics[d] = res
-    rows = [r for d in req.directions for r in _grid(out, req, ds, d, size)]
+    rows = [r for d in req.directions
+            for r in outputs.sample_rows(ds, d, GRID_TILES, size, out, req.generated)]
     images.write_grid(out / "samples.png", rows)
     write_json(out / "metrics.json", metrics)
     report.write_table(out / "table.md", metrics)
