@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from earthmapper_jax.sampling import guidance as G
-from earthmapper_jax.sampling.inpaint_masks import bilinear_matrix, box_mask, scale_masks
+from earthmapper_jax.sampling.inpaint_masks import box_mask, scale_masks
+from earthmapper_jax.tokenizer.resize import bilinear_matrix
 
 
 def _logits(seed, shape=(2, 3, 7)):

@@ -16,7 +16,7 @@ from skimage.metrics import structural_similarity
 from earthmapper_jax.errors import CheckpointError, DataError, InputError
 from earthmapper_jax.evaluation import accumulators, distributions, inception, inception_weights, pixels
 from earthmapper_jax.io.pth import save_state_dict
-from earthmapper_jax.tokenizer import image_metrics, lpips
+from earthmapper_jax.tokenizer import image_metrics, lpips, resize
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +57,11 @@ def test_inception_features_match_pytorch_fid(golden, inception_params):
 
 
 def test_bilinear_matrix_is_pytorch_bilinear():
-    np.testing.assert_array_equal(inception.bilinear_matrix(299, 299), np.eye(299, dtype=np.float32))
-    m = inception.bilinear_matrix(4, 8)  # upsampling x2: PyTorch's weights 1, .75/.25, ...
+    np.testing.assert_array_equal(resize.bilinear_matrix(299, 299), np.eye(299, dtype=np.float32))
+    m = resize.bilinear_matrix(4, 8)  # upsampling x2: PyTorch's weights 1, .75/.25, ...
     np.testing.assert_allclose(m[:3], [[1, 0, 0, 0], [0.75, 0.25, 0, 0], [0.25, 0.75, 0, 0]])
     np.testing.assert_allclose(m[-1], [0, 0, 0, 1])
-    d = inception.bilinear_matrix(8, 3)  # downsampling: two taps, no antialiasing
+    d = resize.bilinear_matrix(8, 3)  # downsampling: two taps, no antialiasing
     assert (np.count_nonzero(d, axis=1) <= 2).all()
     np.testing.assert_allclose(d.sum(1), 1.0, rtol=1e-6)
 

@@ -9,11 +9,12 @@ import argparse
 import os
 import sys
 
-from earthmapper_jax.cli import convert, inspect_cmd, plot, prepare, reconstruct, train, translate
+from earthmapper_jax.cli import (convert, evaluate, inspect_cmd, plot, prepare, reconstruct, train,
+                                 translate)
 from earthmapper_jax.errors import EarthMapperError
 
 # In `earthmapper --help` order.
-SUBCOMMANDS = (prepare, inspect_cmd, convert, reconstruct, train, translate, plot)
+SUBCOMMANDS = (prepare, inspect_cmd, convert, reconstruct, train, translate, evaluate, plot)
 
 
 def build_parser():

@@ -7,5 +7,9 @@ Modules (imported directly; this package module imports nothing so that the nump
     distributions      FID (streaming statistics), KID, precision/recall on feature arrays
     pixels             SSIM, PSNR, RMSE on [0, 1] images
     accumulators       streaming FeatureSet (cacheable) / PairedMeans and distribution_metrics
+    run                `earthmapper evaluate`'s loop (Request, evaluate, Extra evaluators); the
+                       one module here above models/, sampling/ and train/sharding
+    outputs            generated tiles on disk (own outputs, --generated folders), sample rows
+    report             table.md with the paper's rows
 LPIPS (alex, vgg) lives in earthmapper_jax.tokenizer.lpips, shared with the tokenizer's loss.
 """

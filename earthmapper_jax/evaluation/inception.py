@@ -17,13 +17,12 @@ which moves the features by ~1e-3; the network is cheap next to the models it sc
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from earthmapper_jax.evaluation.inception_weights import load_inception_params
+from earthmapper_jax.tokenizer.resize import bilinear_matrix
 
 SIZE = 299
 FEATURE_DIM = 2048
@@ -35,31 +34,11 @@ def load_inception(path, flag: str = "--inception-weights"):
     return jax.tree.map(jnp.asarray, load_inception_params(path, flag))
 
 
-@functools.lru_cache(maxsize=None)
-def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) float32 matrix of PyTorch `mode='bilinear'` (align_corners=False) in 1-D.
-
-    Source coordinate (i + 0.5) * n_in / n_out - 0.5, clamped below at 0; the upper neighbour
-    index is clamped to n_in - 1.
-    """
-    m = np.zeros((n_out, n_in), np.float64)
-    for i in range(n_out):
-        x = max((i + 0.5) * n_in / n_out - 0.5, 0.0)
-        x0 = min(int(np.floor(x)), n_in - 1)
-        x1 = min(x0 + 1, n_in - 1)
-        t = x - x0
-        m[i, x0] += 1.0 - t
-        m[i, x1] += t
-    m = m.astype(np.float32)
-    m.setflags(write=False)
-    return m
-
-
 @jax.jit
 def _resize_299(images):
     x = images.astype(jnp.float32)
-    mh = jnp.asarray(bilinear_matrix(x.shape[1], SIZE))
-    mw = jnp.asarray(bilinear_matrix(x.shape[2], SIZE))
+    mh = jnp.asarray(bilinear_matrix(x.shape[1], SIZE), jnp.float32)
+    mw = jnp.asarray(bilinear_matrix(x.shape[2], SIZE), jnp.float32)
     x = jnp.einsum("oh,bhwc->bowc", mh, x, precision=_HI)
     return jnp.einsum("pw,bowc->bopc", mw, x, precision=_HI)
 

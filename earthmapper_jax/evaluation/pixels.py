@@ -9,15 +9,21 @@
   the MSE is floored at 1e-12, so identical images give 120 dB (scikit-image: +inf) and a
   split's mean stays finite.
 - RMSE = sqrt(MSE) on the [0, 1] scale (the paper's tables are on this scale).
-A split's figure is the mean of the per-image values.
+A split's figure is the mean of the per-image values. `paired_metrics` computes the three in
+one compiled call and `paired_lpips` LPIPS (tokenizer/lpips.py) compiled once per backbone
+(`earthmapper evaluate`, the training task's periodic evaluation).
 """
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from earthmapper_jax.errors import InputError
+from earthmapper_jax.tokenizer.lpips import lpips_distance
 
 SSIM_SIGMA = 1.5
 SSIM_TRUNCATE = 3.5
@@ -77,3 +83,15 @@ def psnr(x, y):
 def rmse(x, y):
     """Per-image RMSE (B,) on the [0, 1] scale."""
     return jnp.sqrt(mse(x, y))
+
+
+@jax.jit
+def paired_metrics(x, y) -> dict:
+    """{"ssim", "psnr", "rmse"}: per-image (B,) values of x vs y, (B, H, W, C) in [0, 1]."""
+    return {"ssim": ssim(x, y), "psnr": psnr(x, y), "rmse": rmse(x, y)}
+
+
+@functools.partial(jax.jit, static_argnames="net")
+def paired_lpips(params, x, y, net: str):
+    """Per-image LPIPS (B,) of x vs y, (B, H, W, 3) in [-1, 1] (params from load_lpips)."""
+    return lpips_distance(params, x, y, net=net)

@@ -6,31 +6,14 @@
         generate); InputError for any other shape
     scale_masks(keep_last, patch_nums) -> per scale (B, pn, pn) bool keep-masks, as VAR's
         zero-shot editing resizes them (bilinear, > 0.5; scales with pn² <= 3 kept whole)
-    bilinear_matrix(n_in, n_out) -> (n_out, n_in) PyTorch bilinear (align_corners=False)
 """
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from earthmapper_jax.errors import InputError
-from earthmapper_jax.tokenizer.resize import area_matrix
-
-
-@functools.lru_cache(maxsize=None)
-def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) PyTorch bilinear (align_corners=False, no antialias) in 1-D."""
-    m = np.zeros((n_out, n_in), np.float64)
-    for i in range(n_out):
-        x = max((i + 0.5) * n_in / n_out - 0.5, 0.0)
-        x0 = min(int(np.floor(x)), n_in - 1)
-        x1 = min(x0 + 1, n_in - 1)
-        w1 = x - x0
-        m[i, x0] += 1.0 - w1
-        m[i, x1] += w1
-    return m
+from earthmapper_jax.tokenizer.resize import area_matrix, bilinear_matrix
 
 
 def scale_masks(keep_last: np.ndarray, patch_nums) -> list:

@@ -10,6 +10,9 @@ matrix built once in float64 numpy, cached per size pair, and applied as two sma
 Semantics (PyTorch, `align_corners=False`, no antialias):
 - area = adaptive average pooling: output cell i averages input cells
   [floor(i*In/Out), ceil((i+1)*In/Out)), windows overlap when Out does not divide In.
+- bilinear: source coordinate x = (i + 0.5) * In/Out - 0.5 clamped below at 0, taps floor(x) and
+  floor(x)+1 with the upper index clamped to In-1 (pytorch-fid's Inception resize, VAR's
+  zero-shot editing masks).
 - bicubic: source coordinate x = (i + 0.5) * In/Out - 0.5 (not clamped), cubic convolution kernel
   with A = -0.75 on the 4 taps floor(x)-1 .. floor(x)+2, tap indices clamped to [0, In-1].
 """
@@ -32,6 +35,25 @@ def area_matrix(n_in: int, n_out: int) -> np.ndarray:
         end = -((-(i + 1) * n_in) // n_out)  # ceil division, exact in integers
         m[i, start:end] = 1.0 / (end - start)
     m = m.astype(np.float32)
+    m.setflags(write=False)
+    return m
+
+
+@functools.lru_cache(maxsize=None)
+def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) float64 matrix of PyTorch `mode='bilinear'` (align_corners=False) in 1-D.
+
+    Kept in float64 (read-only): the editing masks threshold it at 0.5 in float64; image
+    resizes cast it to their dtype.
+    """
+    m = np.zeros((n_out, n_in), np.float64)
+    for i in range(n_out):
+        x = max((i + 0.5) * n_in / n_out - 0.5, 0.0)
+        x0 = min(int(np.floor(x)), n_in - 1)
+        x1 = min(x0 + 1, n_in - 1)
+        t = x - x0
+        m[i, x0] += 1.0 - t
+        m[i, x1] += t
     m.setflags(write=False)
     return m
 

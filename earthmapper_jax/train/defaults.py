@@ -62,6 +62,16 @@ def add_training_fields(config: ml_collections.ConfigDict, **overrides) -> ml_co
         "log_every_steps": 50,
         "eval_every_steps": 0,          # 0: only at the end; -1: never
         "eval_batches": 8,
+        # Sampled translation metrics with each evaluation (host side, off by default): the
+        # first `tiles` tiles of the eval split translated sat->map and scored (SSIM, PSNR,
+        # RMSE; LPIPS when both weight files are set), logged as eval/sat2map_*.
+        "eval": {
+            "metrics": False,
+            "tiles": 8,
+            "lpips_net": "alex",
+            "lpips_backbone": config_dict.placeholder(str),  # torchvision alexnet/vgg16 .pth
+            "lpips_weights": config_dict.placeholder(str),   # lpips weights/v0.1/<net>.pth
+        },
         "sample_every_steps": 0,        # 0: only at the end; -1: never
         "sample_batch_size": 4,
         "progress": True,

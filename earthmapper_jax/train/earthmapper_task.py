@@ -20,6 +20,8 @@ this file is everything the trainer needs around it.
         ce_sat, ce_map, acc_sat, acc_map, ce_scale_k / acc_scale_k (k = 0..K-1, both
         modalities), si_loss. Training rows drop coordinates / one modality / become directed
         rows as models/earthmapper.py describes.
+    eval_host: config.eval.metrics (off by default): sampled sat->map SSIM/PSNR/RMSE(/LPIPS)
+        on config.eval.tiles tiles, logged with the eval metrics
     eval_fn: the same loss without dropout; data: the image pipeline (config.data.dir) or the
         pre-tokenised shards (config.data.tokens_dir)
     sample_fn: PNG grid, per example [satellite | generated map | real map | map | generated
@@ -46,7 +48,8 @@ from flax import struct
 from earthmapper_jax.data import token_records as token_data
 from earthmapper_jax.errors import CheckpointError, InputError
 from earthmapper_jax.io.checkpoint import save_params
-from earthmapper_jax.io.images import write_grid
+from earthmapper_jax.evaluation import pixels
+from earthmapper_jax.io.images import to_float, to_uint8, write_grid
 from earthmapper_jax.models import earthmapper as em
 from earthmapper_jax.models import semantic
 from earthmapper_jax.models.dinov2 import VARIANTS as DINOV2_VARIANTS
@@ -60,6 +63,8 @@ from earthmapper_jax.scales import flatten_tokens, split_tokens
 from earthmapper_jax.tokenizer import Tokenizer
 from earthmapper_jax.tokenizer import load as load_tokenizer
 from earthmapper_jax.tokenizer.model import VQVAE
+from earthmapper_jax.tokenizer.lpips import BACKBONES as LPIPS_NETS
+from earthmapper_jax.tokenizer.lpips import load_lpips
 from earthmapper_jax.tokenizer.model import build as build_tokenizer
 from earthmapper_jax.train import image_data
 from earthmapper_jax.train.tasks import Task
@@ -115,6 +120,8 @@ def load_frozen(config) -> Frozen:
             raise CheckpointError(f"{mc.si_dinov2}: a DINOv2 with {got}, but si_encoder="
                                   f"{mc.si_encoder!r} is {want}")
     tok = load_tokenizer(mc.tokenizer_dir)
+    if config.get("eval", {}).get("metrics", False):
+        _eval_lpips(config)  # missing LPIPS files stop the run here, not at its first evaluation
     return Frozen.of(tok.params, tok.config, dino_params)
 
 
@@ -288,19 +295,27 @@ def _sampling_model(model_json: str) -> Model:
     return Model(json.loads(model_json), None, None)
 
 
+def _pair_images(batch, config, tok):
+    """(satellite, map) images of a batch; pre-tokenised data: the tokenizer's reconstructions."""
+    if "sat_image" in batch:
+        return np.asarray(batch["sat_image"]), np.asarray(batch["map_image"])
+    pn = tuple(config.model.patch_nums)
+    return tuple(np.asarray(tok.decode(split_tokens(jnp.asarray(batch[f"{m}_tokens"]), pn)))
+                 for m in MODALITIES)
+
+
+def _sampler(params, config, tok) -> Model:
+    key = json.dumps(_model_config(config), sort_keys=True)
+    return _sampling_model(key).with_weights(jax.device_get(params), tok)
+
+
 def sample_fn(params, batch, rng, config, path, frozen=None):
     """The PNG grid of the module doc; returns rough L1 errors of both directions."""
     if jax.process_count() > 1:
         return None  # sampling a sharded model from one host's batch: not on pods
     tok = Tokenizer(jax.device_get(frozen.tokenizer), dict(frozen.tokenizer_config))
-    if "sat_image" in batch:
-        sat, mp = np.asarray(batch["sat_image"]), np.asarray(batch["map_image"])
-    else:
-        pn = tuple(config.model.patch_nums)
-        sat = np.asarray(tok.decode(split_tokens(jnp.asarray(batch["sat_tokens"]), pn)))
-        mp = np.asarray(tok.decode(split_tokens(jnp.asarray(batch["map_tokens"]), pn)))
-    key = json.dumps(_model_config(config), sort_keys=True)
-    model = _sampling_model(key).with_weights(jax.device_get(params), tok)
+    sat, mp = _pair_images(batch, config, tok)
+    model = _sampler(params, config, tok)
     coords = np.asarray(batch["coords"], np.float32)
     opts = dict(config.get("sample_options", {}) or {})
     r1, r2 = jax.random.split(rng)
@@ -314,6 +329,40 @@ def sample_fn(params, batch, rng, config, path, frozen=None):
     return {"l1_sat2map": err(gen_map, mp), "l1_map2sat": err(gen_sat, sat)}
 
 
+def _eval_lpips(config):
+    """LPIPS params of config.eval, or None when no weight files are set."""
+    ec = config.eval
+    if not (ec.get("lpips_backbone", None) or ec.get("lpips_weights", None)):
+        return None
+    if ec.lpips_net not in LPIPS_NETS:
+        raise InputError(f"config.eval.lpips_net={ec.lpips_net!r}: expected one of {sorted(LPIPS_NETS)}")
+    return load_lpips(ec.lpips_backbone, ec.lpips_weights, ec.lpips_net,
+                      flags=("config.eval.lpips_backbone", "config.eval.lpips_weights"))
+
+
+def eval_host(params, rng, config, frozen=None):
+    """config.eval.metrics: sat->map SSIM, PSNR, RMSE (and LPIPS) of sampled maps on the first
+    config.eval.tiles tiles of the eval split, rounded to 8 bits as `earthmapper evaluate`
+    scores them (docs/evaluation.md); {} when off or on a pod."""
+    if not config.get("eval", {}).get("metrics", False) or jax.process_count() > 1:
+        return {}
+    n = int(config.eval.tiles)
+    batch = next(iter(eval_data(config, batch_size=n)))
+    tok = Tokenizer(jax.device_get(frozen.tokenizer), dict(frozen.tokenizer_config))
+    sat, mp = _pair_images(batch, config, tok)
+    opts = dict(config.get("sample_options", {}) or {})
+    _, gen = translate(_sampler(params, config, tok), sat, "sat2map", rng,
+                       coords=np.asarray(batch["coords"], np.float32), **opts)
+    gen = to_float(to_uint8(gen))
+    real = to_float(to_uint8(mp))  # reconstructions of token data are floats
+    scores = pixels.paired_metrics((gen + 1) / 2, (real + 1) / 2)
+    out = {name: float(np.mean(v)) for name, v in scores.items()}
+    lp = _eval_lpips(config)
+    if lp is not None:
+        out["lpips"] = float(np.mean(pixels.paired_lpips(lp, gen, real, net=config.eval.lpips_net)))
+    return {f"sat2map_{k}": v for k, v in out.items()}
+
+
 def export(params, config, workdir):
     """WORKDIR/model: a directory `earthmapper_jax.load` opens (tokenizer by reference)."""
     tok_dir = str(pathlib.Path(config.model.tokenizer_dir).absolute())
@@ -324,5 +373,6 @@ def export(params, config, workdir):
 def make_task() -> Task:
     return Task(name="earthmapper", init_params=init_params, loss_fn=loss_fn,
                 train_data=train_data, pretrained=pretrained, load_frozen=load_frozen,
-                eval_data=eval_data, eval_fn=eval_fn, sample_fn=sample_fn, export=export,
+                eval_data=eval_data, eval_fn=eval_fn, eval_host=eval_host, sample_fn=sample_fn,
+                export=export,
                 examples_per_epoch=examples_per_epoch, flops_per_example=flops_per_example)

@@ -31,6 +31,8 @@ class Task:
         placed on the devices once (replicated) and passed to loss/eval/sample as `frozen`.
     eval_data(config, *, batch_size) -> finite iterable of host-local numpy dict batches.
     eval_fn(params, batch, rng, config, frozen) -> dict of scalar metrics (jit'd by the trainer).
+    eval_host(params, rng, config, frozen) -> dict of scalars: host-side evaluation (sampling,
+        image metrics) run after eval_fn's batches at each evaluation, logged with them (eval/).
     sample_fn(params, batch, rng, config, path, frozen) -> optional dict of scalars; host-side
         hook that writes a PNG grid to `path` (process 0 writes; every process calls it).
     export(params, config, workdir) -> path: writes the trained model (host numpy params) in its
@@ -53,6 +55,7 @@ class Task:
     load_frozen: Optional[Callable[..., Any]] = None
     eval_data: Optional[Callable[..., Any]] = None
     eval_fn: Optional[Callable[..., dict]] = None
+    eval_host: Optional[Callable[..., dict]] = None
     sample_fn: Optional[Callable[..., Any]] = None
     export: Optional[Callable[..., Any]] = None
     init_extra: Optional[Callable[..., Any]] = None

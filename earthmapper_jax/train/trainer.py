@@ -206,7 +206,11 @@ def _evaluate(task, eval_step, state, config, mesh, local_batch, frozen):
             if np.ndim(v) == 0:
                 sums[k] = sums.get(k, 0.0) + float(v)
         n += 1
-    return {f"eval/{k}": v / max(n, 1) for k, v in sums.items()}
+    out = {f"eval/{k}": v / max(n, 1) for k, v in sums.items()}
+    if task.eval_host is not None:
+        host = task.eval_host(state.params, jax.random.fold_in(state.step_key(), 20_000), config, frozen)
+        out.update({f"eval/{k}": float(v) for k, v in (host or {}).items()})
+    return out
 
 
 def _all_agree(flag: bool) -> bool:
