@@ -25,7 +25,8 @@ from jax.experimental import multihost_utils
 from earthmapper_jax.errors import EarthMapperError, InputError
 from earthmapper_jax.io.files import is_remote
 from earthmapper_jax.progress import progress
-from earthmapper_jax.train import checkpoints, earthmapper_task, optim, sharding, tokenizer_task
+from earthmapper_jax.train import checkpoints, earthmapper_task, optim, preflight, sharding
+from earthmapper_jax.train import tokenizer_task
 from earthmapper_jax.train import metrics as metrics_lib
 from earthmapper_jax.train import state as state_lib
 from earthmapper_jax.train.tasks import Task
@@ -51,27 +52,36 @@ class NonFiniteLossError(EarthMapperError):
 
 
 class _Preemption:
-    """Remembers a SIGTERM (pre-emption notice) so the loop can save and exit cleanly."""
+    """Remembers a SIGTERM (pre-emption notice) or a Ctrl-C (SIGINT) so the loop can save and
+    exit cleanly; a second Ctrl-C aborts at once (KeyboardInterrupt, nothing more is saved)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
-        self.requested = False
-        self._previous = None
+        self.requested = None  # the name of the signal that asked to stop
+        self._previous = {}
 
     def __enter__(self):
         # On multi-host runs JAX's preemption service owns SIGTERM (see _should_stop).
         if jax.process_count() == 1:
-            try:
-                self._previous = signal.signal(signal.SIGTERM, self._handle)
-            except ValueError:  # not the main thread: no handler, rely on the default
-                self._previous = None
+            for sig in self.SIGNALS:
+                try:
+                    self._previous[sig] = signal.signal(sig, self._handle)
+                except ValueError:  # not the main thread: no handler, rely on the default
+                    pass
         return self
 
     def _handle(self, signum, frame):
-        self.requested = True
+        if signum == signal.SIGINT and self.requested:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            print("\nCtrl-C: saving a checkpoint after this step (Ctrl-C again aborts without "
+                  "saving)", flush=True)
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 def _steps(config, task, global_batch):
@@ -235,13 +245,19 @@ def train_and_evaluate(config, workdir, task: Task | None = None) -> dict:
     """Trains `task` (default: REGISTRY[config.task]()) to `config.total_steps` (or
     `num_epochs`), resuming from the newest checkpoint in `workdir` if there is one. Returns a
     summary dict (final step, last metrics, why it stopped: "done" or "preempted")."""
+    # Everything that can be checked from the config and the files it names is checked before
+    # the workdir exists: a run that cannot work leaves nothing behind.
+    task = task if task is not None else get_task(config)
+    notes = preflight.check(config)
     workdir = epath.Path(workdir)  # local or gs://
     workdir.mkdir(parents=True, exist_ok=True)
     sharding.maybe_initialize_distributed(config)
     is_main = jax.process_index() == 0
+    if is_main:
+        for note in notes:
+            print(note, flush=True)
 
     ##### Mesh, task, optimiser #####
-    task = task if task is not None else get_task(config)
     mesh = sharding.make_mesh(config.get("mesh", None))
     rules = tuple(tuple(r) for r in (config.get("sharding_rules", None)
                                      or sharding.LOGICAL_AXIS_RULES))
@@ -255,7 +271,13 @@ def train_and_evaluate(config, workdir, task: Task | None = None) -> dict:
     warmup = optim.warmup_steps_from(config.optim, steps_per_epoch, total_steps)
     tx, lr_fn = optim.make_optimizer(config.optim, global_batch, total_steps, warmup)
 
-    ##### State (born sharded), data, checkpoints; resume if possible #####
+    eval_split = task.eval_split(config) if task.eval_split is not None else None
+    if is_main and eval_split is not None and eval_split != config.data.get("eval_split", None):
+        print(f"no {config.data.get('eval_split', None)!r} split in the data: evaluation runs on "
+              f"the {eval_split!r} split (metrics say eval_split={eval_split})", flush=True)
+
+    ##### Frozen parts, state (born sharded), data, checkpoints; resume if possible #####
+    frozen = place_frozen(task.load_frozen(config), mesh) if task.load_frozen else None
     train_iter = task.train_data(config, seed=config.seed, batch_size=local_batch)
     ckcfg = config.checkpoint
     ckpt = checkpoints.Checkpointer(
@@ -279,7 +301,6 @@ def train_and_evaluate(config, workdir, task: Task | None = None) -> dict:
         _export(task, train_state, config, workdir)
         ckpt.close()
         return {"step": start, "stopped": "done", "metrics": {}}
-    frozen = place_frozen(task.load_frozen(config), mesh) if task.load_frozen else None
     train_step = make_train_step(config, task, tx, lr_fn)
     first_np = next(train_iter)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -361,8 +382,9 @@ def train_and_evaluate(config, workdir, task: Task | None = None) -> dict:
                 if do_eval:
                     ev = _evaluate(task, eval_step, train_state, config, mesh, local_batch,
                                    frozen)
-                    writer.write(step, ev)
-                    bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in ev.items()))
+                    writer.write(step, dict(ev, eval_split=eval_split) if eval_split else ev)
+                    on = f" (on {eval_split})" if eval_split else ""
+                    bar.write(f"step {step}{on}: " + ", ".join(f"{k} {v:.4g}" for k, v in ev.items()))
                 if do_sample:
                     path = workdir / "samples" / f"step_{step:07d}.png"
                     sm = task.sample_fn(train_state.params, sample_batch,
@@ -374,8 +396,8 @@ def train_and_evaluate(config, workdir, task: Task | None = None) -> dict:
                     ckpt.save(train_state, data_iter=train_iter, config=config, metrics=best)
                     last_saved = step
                 if stop:
-                    stopped = "preempted"
-                    bar.write(f"SIGTERM: saved step {step}, exiting")
+                    stopped = "preempted" if preempt.requested != "SIGINT" else "interrupted"
+                    bar.write(f"{preempt.requested or 'pre-emption'}: saved step {step}, exiting")
                     break
                 if out_of_time:
                     stopped = "time budget"
