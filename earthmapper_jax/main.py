@@ -13,7 +13,7 @@ import sys
 from absl import app, flags, logging
 
 from earthmapper_jax.cli.train import check_before_training, load_config, split_overrides
-from earthmapper_jax.errors import EarthMapperError
+from earthmapper_jax.errors import EarthMapperError, print_error_line
 
 _CONFIG = flags.DEFINE_string("config", None, "Training config file, FILE.py[:ARG].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
@@ -21,7 +21,7 @@ _OVERRIDES = []  # --config.a.b=v, kept aside from absl (which knows no such fla
 
 
 def _fail(msg: str, code: int = 1):
-    print(f"train: error: {msg}", file=sys.stderr)
+    print_error_line(f"train: error: {msg}")
     sys.exit(code)
 
 
