@@ -21,12 +21,15 @@ class SplitError(InputError, ValueError):
 
 
 def _pick_cities(by_city: dict, order, n: int, fractions) -> dict:
-    """{city: split}: per split (test, then val), the cities (in `order`) that each bring its
-    tile count closer to round(n * fraction); ends within half a city of the target. At least
-    one city stays in train."""
+    """{city: split}: per split (smallest target first), the cities (in `order`) that each bring
+    its tile count closer to round(n * fraction), which ends within half a city of the target;
+    when none does, the smallest city left if it is at most twice the target (never more than
+    one city off), else none (the caller refuses the empty split). One city stays in train."""
     pick = {}
-    for split, frac in fractions:
+    for split, frac in sorted(fractions, key=lambda sf: sf[1]):
         target, got = round(n * frac), 0
+        if target <= 0:
+            continue
         for c in order:
             size = len(by_city[c])
             if c in pick or len(pick) >= len(by_city) - 1:
@@ -34,6 +37,9 @@ def _pick_cities(by_city: dict, order, n: int, fractions) -> dict:
             if abs(got + size - target) < abs(got - target):
                 pick[c] = split
                 got += size
+        left = sorted((len(by_city[c]), c) for c in order if c not in pick)
+        if not got and len(left) > 1 and left[0][0] <= 2 * target:
+            pick[left[0][1]] = split
     return pick
 
 
@@ -97,7 +103,7 @@ def assign(tasks, *, mode: str = "auto", val_fraction: float = 0.0, test_fractio
                              "whole cities comes closer")
         for c in cities:
             out[pick.get(c, "train")].extend(by_city[c])
-    if not out.get("train"):
+    if mode != "preset" and not out.get("train"):  # a preset split may be converted alone
         raise SplitError(f"no tiles left for the train split ({len(tasks)} tiles, mode {mode})")
     return {k: sorted(v, key=lambda t: t.tile_id) for k, v in sorted(out.items()) if v}
 
