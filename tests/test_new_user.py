@@ -37,7 +37,7 @@ from earthmapper_jax.models.loading import load
 from earthmapper_jax.tokenizer import Tokenizer
 from earthmapper_jax.train import earthmapper_task, preflight
 from earthmapper_jax.train.trainer import _Preemption, train_and_evaluate
-from tests import toy_config, toy_task
+from tests import toy_config, toy_task, troubleshooting_doc
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = f"{ROOT / 'configs' / 'earthmapper_train.py'}:tiny"
@@ -362,3 +362,19 @@ def test_12_progress_off_a_terminal_prints_plain_lines(tmp_path):
     assert rc == 0, se
     assert "\r" not in so + se
     assert re.search(r"prepare synthetic: 8/8 pair \(100%\)", so + se), so + se
+
+
+# ----------------------------------------------------------------------------- the doc
+
+
+def test_troubleshooting_doc_lists_the_messages_the_code_raises():
+    text = troubleshooting_doc.DOC.read_text()
+    assert troubleshooting_doc.generated_part(text) == troubleshooting_doc.catalogue(), (
+        "docs/troubleshooting.md is out of date: run python -m tests.troubleshooting_doc")
+    raised = {" ".join(m.split()) for _, m, _ in troubleshooting_doc.raise_sites()}
+    curated = text.split(troubleshooting_doc.BEGIN)[0]
+    explained = [m for line in curated.splitlines() if line.startswith("### ")
+                 for m in re.findall(r"`` (.+?) ``", line)]
+    assert len(explained) >= 15
+    for m in explained:
+        assert m in raised, f"docs/troubleshooting.md explains a message the code no longer has: {m}"
