@@ -10,7 +10,8 @@ and, for a transformer trained from scratch, the codebook size, the scales and t
 (taken from the tokenizer, with a note). A transformer started from VAR weights
 (config.model.var_init) has those fixed by the weights: a tokenizer that differs is refused,
 naming both values. Pre-tokenised data (config.data.tokens_dir) must come from the same scales
-and codebook.
+and codebook. Semantic Infusion needs a source for its DINOv2 targets (the weights, or grids
+stored with the tokens).
 
 Imports nothing heavy (no JAX): the command line runs it before loading the trainer.
 """
@@ -70,29 +71,39 @@ def check_earthmapper(config) -> list[str]:
             f"{tok_size} px: drop --config.data.image_size (the tokenizer's size is used) or "
             f"set it to {tok_size}")
     tokens_dir = config.data.get("tokens_dir", None)
+    manifest = {}
     if tokens_dir and "://" not in str(tokens_dir):
-        notes += _check_tokens(tokens_dir, config.data.split, tok, tok_dir)
+        manifest = _check_tokens(tokens_dir, config.data.split, tok, tok_dir)
+    si_on = int(mc.get("si_layer", 0)) and float(mc.get("si_weight", 0.0)) > 0
+    if si_on and not mc.get("si_dinov2", "") and not (tokens_dir and (
+            manifest.get("semantic") or "://" in str(tokens_dir))):
+        raise InputError(
+            f"Semantic Infusion is on (config.model.si_weight={mc.si_weight}) but its DINOv2 "
+            "targets have no source: pass --config.model.si_dinov2=DINOV2.pth, or tokenise with "
+            "`earthmapper prepare tokens --si-dinov2 DINOV2.pth`, or set "
+            "--config.model.si_weight=0")
     return notes
 
 
-def _check_tokens(tokens_dir, split, tok, tok_dir) -> list[str]:
-    """The pre-tokenised split's manifest must list the tokenizer's scales and codebook."""
+def _check_tokens(tokens_dir, split, tok, tok_dir) -> dict:
+    """The pre-tokenised split's manifest ({} if unreadable: the reader names the problem); it
+    must list the tokenizer's scales and codebook."""
     path = pathlib.Path(tokens_dir) / f"{split}.tokens.json"  # token_records.manifest_path
     if not pathlib.Path(tokens_dir).is_dir():
         raise DataError(f"--config.data.tokens_dir: {tokens_dir}: no such directory")
     if not path.is_file():
-        return []  # the data reader names what is missing
+        return {}  # the data reader names what is missing
     try:
         doc = json.loads(path.read_text())
     except json.JSONDecodeError:
-        return []
+        return {}
     for key, theirs in (("patch_nums", "patch_nums"), ("vocab_size", "vocab_size")):
         if key in doc and _norm(doc[key]) != _norm(tok[theirs]):
             raise DataError(
                 f"{path}: tokens with {key} {_show(_norm(doc[key]))}, but the tokenizer "
                 f"{tok_dir} has {_show(_norm(tok[theirs]))}: tokenise the data with "
                 f"`earthmapper prepare tokens --tokenizer {tok_dir} ...`")
-    return []
+    return doc
 
 
 # config.task -> its check; tasks without one (the tokenizer, test tasks) pass through.
