@@ -31,6 +31,8 @@ from earthmapper_jax.data.writer import split_shards
 from earthmapper_jax.data_prep import splits as splits_lib
 from earthmapper_jax.data_prep.common import PairTask
 from earthmapper_jax.data.synthetic_city import make_pair
+from earthmapper_jax.errors import CheckpointError
+from earthmapper_jax.io.checkpoint import save_params
 from earthmapper_jax.io.images import looks_like
 from earthmapper_jax.models import earthmapper as em
 from earthmapper_jax.models.loading import load
@@ -309,6 +311,10 @@ def test_9_an_exported_model_is_self_contained(tok32, tmp_path):
     config = load_config(TINY, [f"--config.model.tokenizer_dir={tok}"])
     shapes = jax.eval_shape(lambda: em.init_params(config.model, jax.random.key(0)))
     params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    # an export from before models carried their tokenizer: named by absolute path
+    old = save_params(tmp_path / "old_model", params, dict(config.model), kind="earthmapper",
+                      meta={"tokenizer": str(tok)})
+    assert load(old).tokenizer.config["image_size"] == 32
     model_dir = earthmapper_task.export(params, config, tmp_path / "run")
     assert (model_dir / "tokenizer" / "config.json").is_file()
     moved = tmp_path / "elsewhere" / "model"
@@ -320,6 +326,8 @@ def test_9_an_exported_model_is_self_contained(tok32, tmp_path):
     for d in (moved, copied):
         m = load(d)
         assert m.tokenizer.config["image_size"] == 32 and m.config.vocab_size == 512
+    with pytest.raises(CheckpointError, match="is gone; copy that tokenizer directory to"):
+        load(old)
 
 
 def test_11_ctrl_c_saves_like_sigterm(tmp_path):

@@ -7,7 +7,7 @@ managed by `earthmapper_jax.train.checkpoints`.
     DIR/config.json   {"kind": "tokenizer" | "var" | "earthmapper", "format_version": 1,
                        "config": {...}, "meta": {...}}
     DIR/params/       Orbax StandardCheckpointer directory
-    DIR/checksums.json  SHA-256 of config.json and params/** (io/model_dir.py), verified on load
+    DIR/checksums.json  SHA-256 of the files of params/ (io/model_dir.py), verified on load
 
 Writes are atomic (`io.files.atomic_dir`): everything goes to a sibling staging directory that
 is renamed into place.
