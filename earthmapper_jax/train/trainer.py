@@ -244,7 +244,8 @@ def _export(task, state, config, workdir):
 def train_and_evaluate(config, workdir, task: Task | None = None) -> dict:
     """Trains `task` (default: REGISTRY[config.task]()) to `config.total_steps` (or
     `num_epochs`), resuming from the newest checkpoint in `workdir` if there is one. Returns a
-    summary dict (final step, last metrics, why it stopped: "done" or "preempted")."""
+    summary dict (final step, last metrics, why it stopped: "done", "time budget", "preempted"
+    (SIGTERM) or "interrupted" (Ctrl-C))."""
     # Everything that can be checked from the config and the files it names is checked before
     # the workdir exists: a run that cannot work leaves nothing behind.
     task = task if task is not None else get_task(config)
@@ -271,7 +272,8 @@ def train_and_evaluate(config, workdir, task: Task | None = None) -> dict:
     warmup = optim.warmup_steps_from(config.optim, steps_per_epoch, total_steps)
     tx, lr_fn = optim.make_optimizer(config.optim, global_batch, total_steps, warmup)
 
-    eval_split = task.eval_split(config) if task.eval_split is not None else None
+    evaluates = task.eval_fn is not None and config.get("eval_every_steps", 0) >= 0
+    eval_split = task.eval_split(config) if evaluates and task.eval_split is not None else None
     if is_main and eval_split is not None and eval_split != config.data.get("eval_split", None):
         print(f"no {config.data.get('eval_split', None)!r} split in the data: evaluation runs on "
               f"the {eval_split!r} split (metrics say eval_split={eval_split})", flush=True)
