@@ -38,7 +38,8 @@ from earthmapper_jax.models import earthmapper as em
 from earthmapper_jax.models.loading import load
 from earthmapper_jax.tokenizer import Tokenizer
 from earthmapper_jax.train import earthmapper_task, preflight
-from earthmapper_jax.train.trainer import _Preemption, train_and_evaluate
+from earthmapper_jax.train.stop_signals import StopSignals
+from earthmapper_jax.train.trainer import train_and_evaluate
 from tests import toy_config, toy_task, troubleshooting_doc
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -356,7 +357,7 @@ def test_11_ctrl_c_saves_like_sigterm(tmp_path):
 
 
 def test_11_a_second_ctrl_c_aborts():
-    stop = _Preemption()
+    stop = StopSignals()
     stop._handle(signal.SIGINT, None)
     assert stop.requested == "SIGINT"
     with pytest.raises(KeyboardInterrupt):

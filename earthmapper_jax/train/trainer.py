@@ -11,7 +11,6 @@ keeps); losses come back fp32.
 from __future__ import annotations
 
 import math
-import signal
 import time
 
 import flax.linen as nn
@@ -29,6 +28,7 @@ from earthmapper_jax.train import checkpoints, earthmapper_task, optim, prefligh
 from earthmapper_jax.train import tokenizer_task
 from earthmapper_jax.train import metrics as metrics_lib
 from earthmapper_jax.train import state as state_lib
+from earthmapper_jax.train.stop_signals import StopSignals
 from earthmapper_jax.train.tasks import Task
 
 # config.task -> the factory of its Task.
@@ -49,39 +49,6 @@ def get_task(config) -> Task:
 
 class NonFiniteLossError(EarthMapperError):
     """The loss or the gradient became NaN/Inf; training stopped without saving."""
-
-
-class _Preemption:
-    """Remembers a SIGTERM (pre-emption notice) or a Ctrl-C (SIGINT) so the loop can save and
-    exit cleanly; a second Ctrl-C aborts at once (KeyboardInterrupt, nothing more is saved)."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.requested = None  # the name of the signal that asked to stop
-        self._previous = {}
-
-    def __enter__(self):
-        # On multi-host runs JAX's preemption service owns SIGTERM (see _should_stop).
-        if jax.process_count() == 1:
-            for sig in self.SIGNALS:
-                try:
-                    self._previous[sig] = signal.signal(sig, self._handle)
-                except ValueError:  # not the main thread: no handler, rely on the default
-                    pass
-        return self
-
-    def _handle(self, signum, frame):
-        if signum == signal.SIGINT and self.requested:
-            raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
-        if signum == signal.SIGINT:
-            print("\nCtrl-C: saving a checkpoint after this step (Ctrl-C again aborts without "
-                  "saving)", flush=True)
-
-    def __exit__(self, *exc):
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
 
 
 def _steps(config, task, global_batch):
@@ -352,7 +319,7 @@ def train_and_evaluate(config, workdir, task: Task | None = None) -> dict:
 
     budget = config.get("max_train_seconds", None)
     deadline = time.monotonic() + budget if budget else None
-    with _Preemption() as preempt, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    with StopSignals() as preempt, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         batch_np = first_np
         try:
             for step in range(start + 1, total_steps + 1):
