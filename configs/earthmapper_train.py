@@ -7,7 +7,8 @@ grids use the sampler's defaults (earthmapper_sampler.sampling_config).
                                 samples with top-k 100, top-p 0.55
     get_config("cnsatmap_d16")  the same recipe at depth 16 (from VAR-d16)
     get_config("nymaps_d16")    the pix2pix New York maps (1096 pairs, no coordinates), d16
-    get_config("tiny")          CPU: tiny model on the synthetic city at 64², minutes
+    get_config("tiny")          CPU: tiny model on the synthetic city, minutes (at the tiny
+                                tokenizer's size: 64², or 32² with the `make demo` tokenizer)
 
 Not reported by the paper and taken from VAR's training script: base lr per 256 images
 (1e-4 d16, 8e-5 d24), betas (0.9, 0.95), wd 0.05 with VAR's no-decay list, warm-up 2 epochs
@@ -56,13 +57,14 @@ def get_config(arg=None):
     config.optim.warmup_epochs = 2.0
     # The learned null coordinate plays VAR's cfg_uncond role: no weight decay on it.
     config.optim.no_decay_extra = ("null", "modality_embed")
-    config.data.image_size = 256
+    # The image size is the tokenizer's (train/preflight.py fills it in); setting it to another
+    # size is refused.
+    config.data.image_size = ml_collections.config_dict.placeholder(int)
     config.data.augment = True
     config.checkpoint.best_metric = "eval/loss"
     config.checkpoint.best_mode = "min"
     if arg == "tiny":
         config.model.si_weight = 0.0   # no DINOv2 weights offline; SI is tested elsewhere
-        config.data.image_size = 64
         config.batch_size = 8
         config.total_steps = 300
         config.optim.warmup_steps = 20

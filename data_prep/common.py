@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import math
 import os
+import sys
 import time
 from typing import Callable
 
@@ -26,7 +27,7 @@ from earthmapper_jax.data.writer import DEFAULT_SHARD_BYTES, ShardedWriter, mani
 from earthmapper_jax.data_prep import geotiff
 from earthmapper_jax.errors import DataError, InputError
 from earthmapper_jax.io import files
-from earthmapper_jax.io.images import decode_image
+from earthmapper_jax.io.images import decode_image, looks_like
 from earthmapper_jax.parallel import imap_ordered, worker_pool
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
@@ -283,6 +284,32 @@ def split_kwargs(args) -> dict:
     cities = lambda s: tuple(c.strip() for c in s.split(",") if c.strip())  # noqa: E731
     return dict(mode=args.split_mode, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                 seed=args.seed, val_cities=cities(args.val_cities), test_cities=cities(args.test_cities))
+
+
+def warn_if_swapped(splits: dict, side_by_side: str = "", sample: int = 8) -> bool:
+    """Warns (stderr) when most of the first `sample` satellite tiles look like maps and their
+    maps like satellite images (io.images.looks_like): swapped patterns or sides. True if so."""
+    tasks = [t for ts in splits.values() for t in ts][:sample]
+    swapped = 0
+    for t in tasks:
+        try:
+            sat, _, _ = _read_image(t.satellite, False)
+            mp = _read_image(t.map, False)[0].array if t.map else None
+        except Skip:
+            continue  # the conversion reports unreadable files
+        s = sat.array
+        if mp is None:
+            h, w = s.shape[:2]
+            left, right = s[:, : w // 2], s[:, w // 2:]
+            s, mp = (left, right) if side_by_side != "map_left" else (right, left)
+        swapped += looks_like(s) == "map" and looks_like(mp) == "sat"
+    if tasks and swapped * 2 > len(tasks):
+        which = ("--side-by-side" if side_by_side else "--sat-pattern / --map-pattern")
+        print(f"warning: {swapped} of the first {len(tasks)} pairs look swapped (the satellite "
+              f"side looks like a map and the map side like a photograph): check {which}",
+              file=sys.stderr, flush=True)
+        return True
+    return False
 
 
 def run_tasks(args, splits: dict, converter: str, listing_skips=()) -> dict:

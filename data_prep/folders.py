@@ -1,12 +1,19 @@
 """Generic paired folders -> TFRecord splits, with user-given glob patterns per modality.
 
-The `*` (and `?`) parts of the two patterns are the pairing key: with `--sat-pattern 'l_*.jpg'
---map-pattern 'r_*.jpg'`, `l_0042.jpg` pairs with `r_0042.jpg`. Patterns are matched against
-paths relative to ROOT, so they may name folders (`aerial/*.png`, `*/sat/*.tif`); `*` also
-matches `/`. With --side-by-side, one pattern names files holding both images.
+The `*` (and `?`) parts of the two patterns are the pairing key: with `--sat-pattern
+'aerial_*.jpg' --map-pattern 'map_*.jpg'`, `aerial_0042.jpg` pairs with `map_0042.jpg`. Patterns
+are matched against paths relative to ROOT, so they may name folders (`aerial/*.png`,
+`*/sat/*.tif`); `*` also matches `/`. With --side-by-side, one pattern names files holding both
+images (the pix2pix maps set: aerial left, map right, so `sat_left`).
 
-    earthmapper prepare folders /data/tiles --sat-pattern 'l_*.jpg' --map-pattern 'r_*.jpg' \
+Splits: train/ val/ test/ folders (anywhere in the path, or ROOT itself being `val/`) are the
+splits; else --val-fraction / --test-fraction draw them. The sizes are printed before
+converting; the first tiles matched as satellites are checked to look like satellite images.
+
+    earthmapper prepare folders /data/tiles --sat-pattern 'aerial_*.jpg' --map-pattern 'map_*.jpg' \
         --out /data/tiles_tfr --size 256 --val-fraction 0.05
+    earthmapper prepare folders /data/maps --sat-pattern '*.jpg' --side-by-side sat_left \
+        --out /data/maps_tfr          # pix2pix maps: its train/ and val/ folders are kept
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import os
 
 from earthmapper_jax.data_prep import common, pairing
 from earthmapper_jax.data_prep.coords import CoordResolver, find_sidecar
-from earthmapper_jax.data_prep.splits import assign
+from earthmapper_jax.data_prep.splits import assign, describe
 from earthmapper_jax.errors import InputError
 
 
@@ -56,7 +63,8 @@ def list_tasks(root, sat_pattern: str, map_pattern: str | None = None, *, side_b
         tasks.append(common.PairTask(
             tile_id=tile_key, satellite=os.path.join(root, s_rel),
             map=os.path.join(root, m_rel) if m_rel else None, side_by_side=side_by_side,
-            lat=c["lat"], lon=c["lon"], coords_source=c["source"], city=c["city"] or city, split=c["split"],
+            lat=c["lat"], lon=c["lon"], coords_source=c["source"], city=c["city"] or city,
+            split=c["split"] or pairing.split_from_path(s_rel, root),
         ))
     return tasks, skips
 
@@ -65,8 +73,8 @@ def register(subparsers):
     p = subparsers.add_parser("folders", help="generic paired folders with glob patterns per modality",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", help="dataset root")
-    p.add_argument("--sat-pattern", required=True, help="glob of satellite images relative to ROOT, e.g. 'l_*.jpg'")
-    p.add_argument("--map-pattern", default=None, help="glob of map images relative to ROOT, e.g. 'r_*.jpg'")
+    p.add_argument("--sat-pattern", required=True, help="glob of satellite images relative to ROOT, e.g. 'aerial_*.jpg'")
+    p.add_argument("--map-pattern", default=None, help="glob of map images relative to ROOT, e.g. 'map_*.jpg'")
     p.add_argument("--side-by-side", choices=("sat_left", "map_left"), default="",
                    help="--sat-pattern files hold both images side by side")
     p.add_argument("--city", default="", help="city name for every tile (unless the sidecar/file name says)")
@@ -81,5 +89,7 @@ def main(args):
                               coords=args.coords, sidecar=args.sidecar, name_pattern=args.name_pattern,
                               xyz_pattern=args.xyz_pattern, city=args.city)
     splits = assign(tasks, **common.split_kwargs(args))
+    print(f"{args.root}: {len(tasks)} pairs; splits {describe(splits)}", flush=True)
+    common.warn_if_swapped(splits, args.side_by_side)
     common.run_tasks(args, splits, "folders", skips)
     return 0

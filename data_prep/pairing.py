@@ -85,6 +85,15 @@ def add_unique(table: dict[str, str], key: str, rel: str, skips: list) -> None:
         table[key] = rel
 
 
+def split_from_path(rel: str, root) -> str:
+    """The preset split of an image: its innermost train/val/test folder under ROOT, else ROOT's
+    own name when ROOT is such a folder (converting `maps/val` alone gives split "val"), else ''."""
+    for part in reversed(rel.split("/")[:-1]):
+        if part.lower() in SPLIT_DIRS:
+            return SPLIT_DIRS[part.lower()]
+    return SPLIT_DIRS.get(os.path.basename(os.path.normpath(str(root))).lower(), "")
+
+
 def context_from_key(key: str) -> tuple[str, str, str]:
     """(preset split, city, rest) from a key `[split/][city/]…/stem`: a leading train/val/test
     folder is the split; the next non-numeric folder, if any, the city."""

@@ -1,5 +1,8 @@
 """User-facing errors: the CLI prints these as one line, never as a traceback."""
 
+import os
+import sys
+
 
 class EarthMapperError(Exception):
     """Something the user gave is wrong; the message says what and what was expected."""
@@ -15,3 +18,20 @@ class InputError(EarthMapperError):
 
 class DataError(EarthMapperError):
     """A dataset record is corrupt, undecodable or inconsistent."""
+
+
+def print_error_line(line: str, *, last: bool = True) -> None:
+    """Prints the one error line of a failing command to stderr. `last`: the process is about
+    to exit, so fd 2 then points at /dev/null and library threads still running (Orbax /
+    TensorStore reads completing into a closed asyncio loop after a failed restore print
+    "Event loop is closed" tracebacks) cannot add lines after it; in-process callers (tests)
+    pass last=False."""
+    print(line, file=sys.stderr, flush=True)
+    if not last:
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stderr.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real fd 2 (captured, closed): skip
+        pass

@@ -11,7 +11,7 @@ import sys
 
 from earthmapper_jax.cli import (convert, evaluate, inspect_cmd, plot, prepare, reconstruct, train,
                                  translate)
-from earthmapper_jax.errors import EarthMapperError
+from earthmapper_jax.errors import EarthMapperError, print_error_line
 
 # In `earthmapper --help` order.
 SUBCOMMANDS = (prepare, inspect_cmd, convert, reconstruct, train, translate, evaluate, plot)
@@ -28,6 +28,9 @@ def build_parser():
 
 
 def main(argv=None):
+    """The `earthmapper` program (argv None: sys.argv, and an error ends the process's stderr)
+    or an in-process call with `argv` (tests)."""
+    as_program = argv is None
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -36,10 +39,11 @@ def main(argv=None):
     try:
         return args.func(args) or 0
     except EarthMapperError as e:
-        print(f"earthmapper {args.command}: error: {e}", file=sys.stderr)
+        print_error_line(f"earthmapper {args.command}: error: {e}", last=as_program)
         return 1
     except FileNotFoundError as e:
-        print(f"earthmapper {args.command}: error: no such file: {e.filename}", file=sys.stderr)
+        print_error_line(f"earthmapper {args.command}: error: no such file: {e.filename}",
+                         last=as_program)
         return 1
     except KeyboardInterrupt:
         print(f"earthmapper {args.command}: interrupted", file=sys.stderr)

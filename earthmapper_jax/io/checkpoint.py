@@ -7,6 +7,7 @@ managed by `earthmapper_jax.train.checkpoints`.
     DIR/config.json   {"kind": "tokenizer" | "var" | "earthmapper", "format_version": 1,
                        "config": {...}, "meta": {...}}
     DIR/params/       Orbax StandardCheckpointer directory
+    DIR/checksums.json  SHA-256 of the files of params/ (io/model_dir.py), verified on load
 
 Writes are atomic (`io.files.atomic_dir`): everything goes to a sibling staging directory that
 is renamed into place.
@@ -23,10 +24,11 @@ import orbax.checkpoint as ocp
 
 from earthmapper_jax.errors import CheckpointError
 from earthmapper_jax.io import files
+from earthmapper_jax.io.model_dir import (CONFIG_FILE, FORMAT_VERSION, PARAMS_DIR, read_config,
+                                          verify_checksums, write_checksums)
 
-FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-PARAMS_DIR = "params"
+__all__ = ["CONFIG_FILE", "FORMAT_VERSION", "PARAMS_DIR", "load_params", "read_config",
+           "save_params"]
 
 
 def _to_jsonable(obj):
@@ -54,31 +56,10 @@ def save_params(directory, params, config, *, kind: str, meta: dict | None = Non
             ckptr.save(stage / PARAMS_DIR, params)
             ckptr.wait_until_finished()
             (stage / CONFIG_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True))
+            write_checksums(stage)
     except FileExistsError:  # raised by atomic_dir before anything is written
         raise CheckpointError(f"{directory} already exists and is not empty (pass overwrite)") from None
     return directory
-
-
-def read_config(directory, *, expect_kind: str | None = None) -> dict:
-    """Returns the parsed config.json document (kind, config, meta) of a model directory."""
-    directory = pathlib.Path(directory)
-    cfg = directory / CONFIG_FILE
-    if not directory.is_dir():
-        raise CheckpointError(f"{directory}: no such checkpoint directory")
-    if not cfg.is_file():
-        raise CheckpointError(f"{directory}: not a model directory (no {CONFIG_FILE})")
-    try:
-        doc = json.loads(cfg.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{cfg}: invalid JSON ({e.msg} at line {e.lineno})") from None
-    if expect_kind is not None and doc.get("kind") != expect_kind:
-        raise CheckpointError(
-            f"{directory}: holds a {doc.get('kind')!r} checkpoint, expected {expect_kind!r}")
-    if doc.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{directory}: format version {doc['format_version']} is newer than this "
-            f"earthmapper_jax understands ({FORMAT_VERSION}); upgrade the package")
-    return doc
 
 
 def load_params(directory, *, expect_kind: str | None = None, target=None):
@@ -92,6 +73,7 @@ def load_params(directory, *, expect_kind: str | None = None, target=None):
     pdir = directory / PARAMS_DIR
     if not pdir.is_dir():
         raise CheckpointError(f"{directory}: params/ missing (incomplete checkpoint)")
+    verify_checksums(directory)  # a flipped byte must not load as plausible weights
     ckptr = ocp.StandardCheckpointer()
     try:
         if target is None:

@@ -6,7 +6,9 @@ Public API (stable; notebooks and tests use these names):
         directory: written by `earthmapper convert var ...` (kind "var") or by training
         (kind "var" / "earthmapper"). overrides replace execution settings of the config, e.g.
         dtype="bfloat16", attention="cudnn", scan_layers=True (the parameter layout follows).
-        The tokenizer is DIR/tokenizer, else the directory named in meta["tokenizer"].
+        The tokenizer is DIR/tokenizer (exports carry a copy, so a model directory can be
+        moved or copied), else the directory named in meta["tokenizer"] (older exports).
+        Files listed in DIR/checksums.json are verified first (io/model_dir.py).
 
     Model
         .config     ConfigDict (model.mode in {"var", "earthmapper"} selects the architecture)
@@ -128,6 +130,10 @@ def _load_tokenizer(directory: pathlib.Path, meta: dict):
         tdir = pathlib.Path(ref)
         if not tdir.is_absolute():
             tdir = directory / tdir
+        if not tdir.is_dir():  # an export from before models carried their tokenizer
+            raise CheckpointError(
+                f"{directory}: its tokenizer {tdir} (named in config.json) is gone; copy that "
+                f"tokenizer directory to {directory / TOKENIZER_SUBDIR}")
     return tokenizer_lib.load(tdir)
 
 

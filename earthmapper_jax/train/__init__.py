@@ -7,5 +7,6 @@ Modules: sharding (mesh, logical-axis rules, batch assembly), optim (VAR's AdamW
 state (TrainState), checkpoints (Orbax manager with the Grain iterator), metrics (JSONL,
 progress, MFU), tasks (the Task interface), earthmapper_task / tokenizer_task (one file per
 task), image_data (the image pairs both tasks read), defaults (the training fields of every
-config), trainer (the loop and the task registry). See docs/training.md.
+config), preflight (the config checked against its files before anything is built; no JAX),
+stop_signals (SIGTERM / Ctrl-C), trainer (the loop and the task registry). See docs/training.md.
 """

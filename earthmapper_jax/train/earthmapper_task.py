@@ -29,6 +29,7 @@ this file is everything the trainer needs around it.
         compiled once per run (the sampling Model is built once per config, weights are
         arguments of its compiled functions)
     export(params, config, workdir) -> WORKDIR/model, a directory `earthmapper_jax.load` opens
+        (with its own copy of the tokenizer)
     flops_per_example(config) -> training FLOPs per example (transformer only)
 """
 
@@ -37,6 +38,7 @@ from __future__ import annotations
 import functools
 import json
 import pathlib
+import shutil
 from typing import Any
 
 import jax
@@ -47,8 +49,9 @@ from flax import struct
 
 from earthmapper_jax.data import token_records as token_data
 from earthmapper_jax.errors import CheckpointError, InputError
-from earthmapper_jax.io.checkpoint import save_params
 from earthmapper_jax.evaluation import pixels
+from earthmapper_jax.io.checkpoint import save_params
+from earthmapper_jax.io.files import atomic_dir
 from earthmapper_jax.io.images import to_float, to_uint8, write_grid
 from earthmapper_jax.models import earthmapper as em
 from earthmapper_jax.models import semantic
@@ -56,6 +59,7 @@ from earthmapper_jax.models.dinov2 import VARIANTS as DINOV2_VARIANTS
 from earthmapper_jax.models.dinov2 import DinoV2, load_dinov2
 from earthmapper_jax.models.geo import coord_dropout
 from earthmapper_jax.models.layout import MAP, MODALITIES, SAT, joint_layout, to_joint
+from earthmapper_jax.models.convert_var import TOKENIZER_SUBDIR
 from earthmapper_jax.models.loading import Model
 from earthmapper_jax.models.var_init import apply_var_init, read_var_init
 from earthmapper_jax.sampling import translate
@@ -109,8 +113,6 @@ class Frozen:
 
 def load_frozen(config) -> Frozen:
     mc = config["model"]
-    if not mc.get("tokenizer_dir", None):
-        raise InputError("config.model.tokenizer_dir is not set; expected a tokenizer directory")
     dino_params = None
     if int(mc.si_layer) and float(mc.si_weight) > 0 and mc.get("si_dinov2", None):
         dino, dino_params = load_dinov2(mc.si_dinov2)
@@ -263,11 +265,16 @@ def train_data(config, *, seed, batch_size):
     return image_data.train_data(config, seed=seed, batch_size=batch_size)
 
 
+def eval_split(config) -> str:
+    if config.data.get("tokens_dir", None):
+        return token_data.existing_split(config.data.tokens_dir, config.data.eval_split,
+                                         config.data.split)
+    return image_data.eval_split(config)
+
+
 def eval_data(config, *, batch_size):
     if config.data.get("tokens_dir", None):
-        split = token_data.existing_split(config.data.tokens_dir, config.data.eval_split,
-                                          config.data.split)
-        return token_data.token_pipeline(config.data.tokens_dir, split, batch_size,
+        return token_data.token_pipeline(config.data.tokens_dir, eval_split(config), batch_size,
                                          seed=config.seed, augment=False, num_epochs=1,
                                          shuffle=False)
     return image_data.eval_data(config, batch_size=batch_size)
@@ -364,15 +371,20 @@ def eval_host(params, rng, config, frozen=None):
 
 
 def export(params, config, workdir):
-    """WORKDIR/model: a directory `earthmapper_jax.load` opens (tokenizer by reference)."""
-    tok_dir = str(pathlib.Path(config.model.tokenizer_dir).absolute())
-    return save_params(pathlib.Path(workdir) / "model", params, _model_config(config),
-                       kind="earthmapper", meta={"tokenizer": tok_dir}, overwrite=True)
+    """WORKDIR/model: a directory `earthmapper_jax.load` opens, self-contained (a copy of the
+    tokenizer in MODEL/tokenizer), so `mv` or `cp -r` of it keeps it working."""
+    dst = pathlib.Path(workdir).absolute() / "model"
+    tok_dir = pathlib.Path(config.model.tokenizer_dir).absolute()
+    meta = {"tokenizer_source": str(tok_dir)}  # provenance only; loading uses the copy
+    with atomic_dir(dst, overwrite=True) as stage:
+        save_params(stage, params, _model_config(config), kind="earthmapper", meta=meta)
+        shutil.copytree(tok_dir, stage / TOKENIZER_SUBDIR)
+    return dst
 
 
 def make_task() -> Task:
     return Task(name="earthmapper", init_params=init_params, loss_fn=loss_fn,
                 train_data=train_data, pretrained=pretrained, load_frozen=load_frozen,
-                eval_data=eval_data, eval_fn=eval_fn, eval_host=eval_host, sample_fn=sample_fn,
-                export=export,
-                examples_per_epoch=examples_per_epoch, flops_per_example=flops_per_example)
+                eval_data=eval_data, eval_split=eval_split, eval_fn=eval_fn, eval_host=eval_host,
+                sample_fn=sample_fn, export=export, examples_per_epoch=examples_per_epoch,
+                flops_per_example=flops_per_example)

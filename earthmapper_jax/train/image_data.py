@@ -4,6 +4,7 @@
         {"sat_image", "map_image" (B, S, S, 3) float in [-1, 1], "coords" (B, 2), ...}
     eval_data(config, *, batch_size) -> one pass over config.data.eval_split (the training
         split when the dataset has no such split), unshuffled, unaugmented
+    eval_split(config) -> the split eval_data reads
     examples_per_epoch(config) -> int or None (the training split's manifest)
 """
 
@@ -28,12 +29,17 @@ def train_data(config, *, seed, batch_size):
                     worker_count=config.data.get("worker_count", 0))
 
 
-def eval_data(config, *, batch_size):
+def eval_split(config) -> str:
+    """config.data.eval_split, or the training split for a dataset without it."""
     need_data_dir(config)
     split = config.data.eval_split
     if read_manifest(config.data.dir, split) is None and split != config.data.split:
-        split = config.data.split  # a dataset without a validation split
-    return pipeline(config.data.dir, split, batch_size, seed=config.seed,
+        split = config.data.split
+    return split
+
+
+def eval_data(config, *, batch_size):
+    return pipeline(config.data.dir, eval_split(config), batch_size, seed=config.seed,
                     image_size=config.data.image_size, augment=False, num_epochs=1,
                     shuffle=False, drop_remainder=True)
 

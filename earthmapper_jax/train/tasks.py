@@ -30,6 +30,8 @@ class Task:
     load_frozen(config) -> pytree of arrays that are not trained (a frozen tokenizer, DINOv2);
         placed on the devices once (replicated) and passed to loss/eval/sample as `frozen`.
     eval_data(config, *, batch_size) -> finite iterable of host-local numpy dict batches.
+    eval_split(config) -> str: the split eval_data reads (the trainer says so once when it is
+        not config.data.eval_split, and labels the metrics with it).
     eval_fn(params, batch, rng, config, frozen) -> dict of scalar metrics (jit'd by the trainer).
     eval_host(params, rng, config, frozen) -> dict of scalars: host-side evaluation (sampling,
         image metrics) run after eval_fn's batches at each evaluation, logged with them (eval/).
@@ -54,6 +56,7 @@ class Task:
     pretrained: Optional[Callable[..., Any]] = None
     load_frozen: Optional[Callable[..., Any]] = None
     eval_data: Optional[Callable[..., Any]] = None
+    eval_split: Optional[Callable[..., str]] = None
     eval_fn: Optional[Callable[..., dict]] = None
     eval_host: Optional[Callable[..., dict]] = None
     sample_fn: Optional[Callable[..., Any]] = None

@@ -98,5 +98,6 @@ def export(params, config, workdir):
 def make_task() -> Task:
     return Task(name="tokenizer", init_params=tl.init_params, loss_fn=loss_fn,
                 train_data=image_data.train_data, eval_data=image_data.eval_data,
+                eval_split=image_data.eval_split,
                 eval_fn=eval_fn, sample_fn=sample_fn, export=export, init_extra=init_extra,
                 update_extra=update_extra, examples_per_epoch=image_data.examples_per_epoch)

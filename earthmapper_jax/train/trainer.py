@@ -11,7 +11,6 @@ keeps); losses come back fp32.
 from __future__ import annotations
 
 import math
-import signal
 import time
 
 import flax.linen as nn
@@ -25,9 +24,11 @@ from jax.experimental import multihost_utils
 from earthmapper_jax.errors import EarthMapperError, InputError
 from earthmapper_jax.io.files import is_remote
 from earthmapper_jax.progress import progress
-from earthmapper_jax.train import checkpoints, earthmapper_task, optim, sharding, tokenizer_task
+from earthmapper_jax.train import checkpoints, earthmapper_task, optim, preflight, sharding
+from earthmapper_jax.train import tokenizer_task
 from earthmapper_jax.train import metrics as metrics_lib
 from earthmapper_jax.train import state as state_lib
+from earthmapper_jax.train.stop_signals import StopSignals
 from earthmapper_jax.train.tasks import Task
 
 # config.task -> the factory of its Task.
@@ -48,30 +49,6 @@ def get_task(config) -> Task:
 
 class NonFiniteLossError(EarthMapperError):
     """The loss or the gradient became NaN/Inf; training stopped without saving."""
-
-
-class _Preemption:
-    """Remembers a SIGTERM (pre-emption notice) so the loop can save and exit cleanly."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        # On multi-host runs JAX's preemption service owns SIGTERM (see _should_stop).
-        if jax.process_count() == 1:
-            try:
-                self._previous = signal.signal(signal.SIGTERM, self._handle)
-            except ValueError:  # not the main thread: no handler, rely on the default
-                self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 def _steps(config, task, global_batch):
@@ -238,14 +215,21 @@ def _export(task, state, config, workdir):
 def train_and_evaluate(config, workdir, task: Task | None = None) -> dict:
     """Trains `task` (default: REGISTRY[config.task]()) to `config.total_steps` (or
     `num_epochs`), resuming from the newest checkpoint in `workdir` if there is one. Returns a
-    summary dict (final step, last metrics, why it stopped: "done" or "preempted")."""
+    summary dict (final step, last metrics, why it stopped: "done", "time budget", "preempted"
+    (SIGTERM) or "interrupted" (Ctrl-C))."""
+    # Everything that can be checked from the config and the files it names is checked before
+    # the workdir exists: a run that cannot work leaves nothing behind.
+    task = task if task is not None else get_task(config)
+    notes = preflight.check(config)
     workdir = epath.Path(workdir)  # local or gs://
     workdir.mkdir(parents=True, exist_ok=True)
     sharding.maybe_initialize_distributed(config)
     is_main = jax.process_index() == 0
+    if is_main:
+        for note in notes:
+            print(note, flush=True)
 
     ##### Mesh, task, optimiser #####
-    task = task if task is not None else get_task(config)
     mesh = sharding.make_mesh(config.get("mesh", None))
     rules = tuple(tuple(r) for r in (config.get("sharding_rules", None)
                                      or sharding.LOGICAL_AXIS_RULES))
@@ -259,7 +243,14 @@ def train_and_evaluate(config, workdir, task: Task | None = None) -> dict:
     warmup = optim.warmup_steps_from(config.optim, steps_per_epoch, total_steps)
     tx, lr_fn = optim.make_optimizer(config.optim, global_batch, total_steps, warmup)
 
-    ##### State (born sharded), data, checkpoints; resume if possible #####
+    evaluates = task.eval_fn is not None and config.get("eval_every_steps", 0) >= 0
+    eval_split = task.eval_split(config) if evaluates and task.eval_split is not None else None
+    if is_main and eval_split is not None and eval_split != config.data.get("eval_split", None):
+        print(f"no {config.data.get('eval_split', None)!r} split in the data: evaluation runs on "
+              f"the {eval_split!r} split (metrics say eval_split={eval_split})", flush=True)
+
+    ##### Frozen parts, state (born sharded), data, checkpoints; resume if possible #####
+    frozen = place_frozen(task.load_frozen(config), mesh) if task.load_frozen else None
     train_iter = task.train_data(config, seed=config.seed, batch_size=local_batch)
     ckcfg = config.checkpoint
     ckpt = checkpoints.Checkpointer(
@@ -283,7 +274,6 @@ def train_and_evaluate(config, workdir, task: Task | None = None) -> dict:
         _export(task, train_state, config, workdir)
         ckpt.close()
         return {"step": start, "stopped": "done", "metrics": {}}
-    frozen = place_frozen(task.load_frozen(config), mesh) if task.load_frozen else None
     train_step = make_train_step(config, task, tx, lr_fn)
     first_np = next(train_iter)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -333,7 +323,7 @@ def train_and_evaluate(config, workdir, task: Task | None = None) -> dict:
 
     budget = config.get("max_train_seconds", None)
     deadline = time.monotonic() + budget if budget else None
-    with _Preemption() as preempt, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    with StopSignals() as preempt, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         batch_np = first_np
         try:
             for step in range(start + 1, total_steps + 1):
@@ -365,8 +355,9 @@ def train_and_evaluate(config, workdir, task: Task | None = None) -> dict:
                 if do_eval:
                     ev = _evaluate(task, eval_step, train_state, config, mesh, local_batch,
                                    frozen)
-                    writer.write(step, ev)
-                    bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in ev.items()))
+                    writer.write(step, dict(ev, eval_split=eval_split) if eval_split else ev)
+                    on = f" (on {eval_split})" if eval_split else ""
+                    bar.write(f"step {step}{on}: " + ", ".join(f"{k} {v:.4g}" for k, v in ev.items()))
                 if do_sample:
                     path = workdir / "samples" / f"step_{step:07d}.png"
                     sm = task.sample_fn(train_state.params, sample_batch,
@@ -378,8 +369,8 @@ def train_and_evaluate(config, workdir, task: Task | None = None) -> dict:
                     ckpt.save(train_state, data_iter=train_iter, config=config, metrics=best)
                     last_saved = step
                 if stop:
-                    stopped = "preempted"
-                    bar.write(f"SIGTERM: saved step {step}, exiting")
+                    stopped = "preempted" if preempt.requested != "SIGINT" else "interrupted"
+                    bar.write(f"{preempt.requested or 'pre-emption'}: saved step {step}, exiting")
                     break
                 if out_of_time:
                     stopped = "time budget"
