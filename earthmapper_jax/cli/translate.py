@@ -24,7 +24,8 @@ def register(subparsers):
         "translate", help="translate satellite tiles to maps or maps to satellite tiles",
         description="Translate image files or folders with a trained EarthMapper checkpoint.")
     p.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders of images")
-    p.add_argument("--checkpoint", required=True, metavar="DIR", help="EarthMapper model directory")
+    p.add_argument("--checkpoint", required=True, metavar="DIR",
+                   help="EarthMapper (or pix2pix) model directory")
     p.add_argument("--direction", required=True, help="sat2map or map2sat")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--coords", default=None, metavar="LAT,LON",
@@ -73,7 +74,7 @@ def run(args):
     import jax
 
     import earthmapper_jax
-    from earthmapper_jax.sampling import translate
+    from earthmapper_jax.sampling import TRANSLATORS, translate
     from earthmapper_jax.sampling.earthmapper_sampler import DIRECTIONS
 
     if args.direction not in DIRECTIONS:
@@ -84,9 +85,11 @@ def run(args):
     coords = _float_list(args.coords, 2, "--coords") if args.coords else None
     guidance = _float_list(args.guidance, 3, "--guidance") if args.guidance else None
     model = earthmapper_jax.load(args.checkpoint)
-    if model.mode != "earthmapper":
-        raise InputError(f"{args.checkpoint}: a {model.mode!r} checkpoint; translate needs an EarthMapper one")
-    size = model.tokenizer.image_size
+    if model.mode not in TRANSLATORS:
+        raise InputError(f"{args.checkpoint}: a {model.mode!r} checkpoint; translate needs an "
+                         "EarthMapper or pix2pix one")
+    # pix2pix: no tokenizer, its own size, none of the token sampler's options
+    size = model.tokenizer.image_size if model.tokenizer is not None else int(model.config.image_size)
     target = DIRECTIONS[args.direction][1]
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -94,6 +97,8 @@ def run(args):
     options = dict(guidance=guidance, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
                    kpf_tau=args.kpf_tau, complexity=not args.no_complexity,
                    dtype="bfloat16" if args.bf16 else None)
+    if model.mode == "pix2pix":
+        options = {}
     with progress(len(files), desc=f"translate {args.direction}", unit="tile") as bar:
         for start in range(0, len(files), args.batch_size):
             chunk = files[start : start + args.batch_size]

@@ -4,16 +4,18 @@ Public API (stable; notebooks and tests use these names):
 
     load(directory, **overrides) -> Model
         directory: written by `earthmapper convert var ...` (kind "var") or by training
-        (kind "var" / "earthmapper"). overrides replace execution settings of the config, e.g.
-        dtype="bfloat16", attention="cudnn", scan_layers=True (the parameter layout follows).
+        (kind "var" / "earthmapper" / "pix2pix"). overrides replace execution settings of the
+        config, e.g. dtype="bfloat16", attention="cudnn", scan_layers=True (the parameter
+        layout follows).
         The tokenizer is DIR/tokenizer (exports carry a copy, so a model directory can be
-        moved or copied), else the directory named in meta["tokenizer"] (older exports).
+        moved or copied), else the directory named in meta["tokenizer"] (older exports); a
+        pix2pix directory is self-contained (no tokenizer).
         Files listed in DIR/checksums.json are verified first (io/model_dir.py).
 
     Model
-        .config     ConfigDict (model.mode in {"var", "earthmapper"} selects the architecture)
+        .config     ConfigDict (model.mode in MODES selects the architecture)
         .params     the parameter pytree (fp32)
-        .tokenizer  earthmapper_jax.tokenizer.Tokenizer
+        .tokenizer  earthmapper_jax.tokenizer.Tokenizer (None for pix2pix)
         .mode       config.mode
         .module     the Linen module (built from config)
         .logits(cond, indices) -> (B, L, V) fp32 teacher-forced logits
@@ -28,8 +30,8 @@ Public API (stable; notebooks and tests use these names):
             builders (numpy tables, a weightless Model per config) are cached, with
             functools.lru_cache.
 
-    Modes are dispatched through MODES: mode name -> module (var_mode, earthmapper_mode) with
-    `build(config)` (the Linen module) and `logits(model, cond, indices)`.
+    Modes are dispatched through MODES: mode name -> module (var_mode, earthmapper_mode,
+    models/pix2pix.py) with `build(config)` (the Linen module) and `logits(model, cond, indices)`.
 
 Model directories written before the EarthMapper modality dropout was renamed say
 `cond_drop_rate` in config.json; `load` reads it as `modality_drop_rate`.
@@ -45,11 +47,13 @@ import ml_collections
 from earthmapper_jax import tokenizer as tokenizer_lib
 from earthmapper_jax.errors import CheckpointError, InputError
 from earthmapper_jax.io.checkpoint import load_params, read_config
-from earthmapper_jax.models import earthmapper_mode, var_mode
+from earthmapper_jax.models import earthmapper_mode, pix2pix, var_mode
 from earthmapper_jax.models.blocks import stack_block_params, unstack_block_params
 from earthmapper_jax.models.convert_var import TOKENIZER_SUBDIR, check_against_tokenizer
 
-MODES = {"var": var_mode, "earthmapper": earthmapper_mode}
+MODES = {"var": var_mode, "earthmapper": earthmapper_mode, "pix2pix": pix2pix}
+# Modes whose directory holds the whole model (no tokenizer: Model.tokenizer is None).
+SELF_CONTAINED = ("pix2pix",)
 
 
 def mode_module(mode: str):
@@ -156,7 +160,9 @@ def load(directory, **overrides) -> Model:
             config.modality_drop_rate = old
     if "patch_nums" in config:
         config.patch_nums = tuple(int(p) for p in config.patch_nums)
-    tokenizer = _load_tokenizer(directory, doc.get("meta") or {})
-    check_against_tokenizer(config, dict(tokenizer.config), str(directory))
+    tokenizer = None
+    if config.mode not in SELF_CONTAINED:
+        tokenizer = _load_tokenizer(directory, doc.get("meta") or {})
+        check_against_tokenizer(config, dict(tokenizer.config), str(directory))
     config, params = apply_overrides(config, params, overrides)
     return Model(config, params, tokenizer, directory)

@@ -24,8 +24,8 @@ from jax.experimental import multihost_utils
 from earthmapper_jax.errors import EarthMapperError, InputError
 from earthmapper_jax.io.files import is_remote
 from earthmapper_jax.progress import progress
-from earthmapper_jax.train import checkpoints, earthmapper_task, optim, preflight, sharding
-from earthmapper_jax.train import tokenizer_task
+from earthmapper_jax.train import (checkpoints, earthmapper_task, optim, pix2pix_task, preflight,
+                                   sharding, tokenizer_task)
 from earthmapper_jax.train import metrics as metrics_lib
 from earthmapper_jax.train import state as state_lib
 from earthmapper_jax.train.stop_signals import StopSignals
@@ -35,6 +35,7 @@ from earthmapper_jax.train.tasks import Task
 REGISTRY = {
     "earthmapper": earthmapper_task.make_task,
     "tokenizer": tokenizer_task.make_task,
+    "pix2pix": pix2pix_task.make_task,
 }
 
 
