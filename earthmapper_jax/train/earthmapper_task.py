@@ -74,10 +74,21 @@ def init_params(config, rng, pretrained=None):
     return params if pretrained is None else apply_var_init(params, pretrained)
 
 
+VAR_INIT_REQUIRED, VAR_INIT_NONE = "required", "none"
+
+
 def pretrained(config):
-    """The VAR weights to start from (config.model.var_init), or None."""
+    """The VAR weights to start from (config.model.var_init), or None. A config that starts from
+    VAR weights (the paper's) sets var_init="required": training then stops here, at start-up,
+    until a directory is given; "none" trains from scratch on purpose."""
     var_dir = config["model"].get("var_init", None)
-    return read_var_init(var_dir, config["model"]) if var_dir else None
+    if var_dir == VAR_INIT_REQUIRED:
+        raise InputError("config.model.var_init is not set, and this config starts from VAR weights "
+                         "(the paper): pass --config.model.var_init=DIR (from `earthmapper convert "
+                         "var`), or --config.model.var_init=none to train from scratch")
+    if not var_dir or var_dir == VAR_INIT_NONE:
+        return None
+    return read_var_init(var_dir, config["model"])
 
 
 # ----------------------------------------------------------------------------- frozen parts
@@ -102,10 +113,38 @@ class Frozen:
         return build_tokenizer(dict(self.tokenizer_config))
 
 
+def si_on(mc) -> bool:
+    return bool(int(mc.si_layer)) and float(mc.si_weight) > 0
+
+
+def check_si_sources(config) -> None:
+    """At start-up: SI needs DINOv2 weights (config.model.si_dinov2) or targets precomputed in
+    the token shards (`earthmapper prepare tokens --si-dinov2`) of the same kind."""
+    mc = config["model"]
+    if not si_on(mc) or mc.get("si_dinov2", None):
+        return
+    target = mc.get("si_target", "image")
+    tokens_dir = config["data"].get("tokens_dir", None) if "data" in config else None
+    stored = None
+    if tokens_dir:
+        stored = (token_data.read_manifest(tokens_dir, config["data"].split).get("semantic") or {})
+        if stored and stored.get("target", "image") == target:
+            return
+    where = (f"config.data.tokens_dir={tokens_dir} holds "
+             f"{'no SI targets' if not stored else repr(stored.get('target', 'image')) + ' SI targets'}"
+             if tokens_dir else "the training data are images")
+    raise InputError(
+        f"Semantic Infusion is on (config.model.si_weight={mc.si_weight}, si_target={target!r}) but "
+        f"config.model.si_dinov2 is not set and {where}: pass --config.model.si_dinov2=PATH "
+        f"(an official DINOv2 .pth), precompute the targets with `earthmapper prepare tokens "
+        f"--si-dinov2 PATH --si-target {target}`, or turn SI off with --config.model.si_weight=0")
+
+
 def load_frozen(config) -> Frozen:
     mc = config["model"]
     if not mc.get("tokenizer_dir", None):
         raise InputError("config.model.tokenizer_dir is not set; expected a tokenizer directory")
+    check_si_sources(config)
     dino_params = None
     if int(mc.si_layer) and float(mc.si_weight) > 0 and mc.get("si_dinov2", None):
         dino, dino_params = load_dinov2(mc.si_dinov2)
@@ -122,7 +161,7 @@ def load_frozen(config) -> Frozen:
 
 
 def _tokens_and_inputs(mc, batch, frozen):
-    """Per modality (flat tokens (B, Σpn²), VAR inputs (B, Σpn²-1, Cvae))."""
+    """Per modality (flat tokens (B, Σpn²), VAR inputs (B, Σpn²-1, Cvae), K token maps)."""
     if frozen is None or frozen.tokenizer is None:
         raise InputError("the EarthMapper loss needs frozen=Frozen(tokenizer params, ...) "
                          "(see load_frozen)")
@@ -139,25 +178,33 @@ def _tokens_and_inputs(mc, batch, frozen):
         else:
             raise InputError(f"batch has neither {m}_tokens nor {m}_image")
         tf = jax.lax.stop_gradient(tok.apply(tp, idx, method=VQVAE.teacher_forcing_inputs))
-        out.append((flat, tf))
+        out.append((flat, tf, idx))
     return out
 
 
-def _si_targets(mc, batch, frozen):
-    """SI targets per half (B, Σpn², D) for sat and map."""
+def _si_targets(mc, batch, frozen, token_maps):
+    """SI targets per half (B, Σpn², D) for sat and map: stored with the batch, or computed
+    with frozen DINOv2 (the reconstruction targets from the token maps, the image targets
+    from the images)."""
     out = []
-    for m in MODALITIES:
+    target = mc.get("si_target", "image")
+    for m, idx in zip(MODALITIES, token_maps):
         if f"{m}_sem" in batch:
-            grid = jnp.asarray(batch[f"{m}_sem"], jnp.float32)
+            out.append(semantic.as_targets(batch[f"{m}_sem"], mc.patch_nums))
+            continue
+        if frozen is None or frozen.dinov2 is None or (target == "image" and f"{m}_image" not in batch):
+            raise InputError(  # check_si_sources stops this at start-up; direct callers land here
+                f"SI is on (si_weight={mc.si_weight}) but the batch has no {m}_sem targets and "
+                "no DINOv2 params to compute them; set config.model.si_dinov2 or precompute the "
+                "targets (earthmapper prepare tokens --si-dinov2)")
+        dino = DinoV2(**DINOV2_VARIANTS[mc.si_encoder])
+        size = int(mc.si_image_size)
+        if target == "reconstruction":
+            out.append(semantic.reconstruction_targets(frozen.tokenizer_module(), frozen.tokenizer, idx,
+                                                       dino, frozen.dinov2, mc.patch_nums, size))
         else:
-            if frozen is None or frozen.dinov2 is None or f"{m}_image" not in batch:
-                raise InputError(
-                    f"SI is on (si_weight={mc.si_weight}) but the batch has no {m}_sem grid and "
-                    "no DINOv2 params/image to compute it; set config.model.si_dinov2 or "
-                    "precompute the targets (semantic.precompute_grids)")
-            dino = DinoV2(**DINOV2_VARIANTS[mc.si_encoder])
-            grid = semantic.dinov2_grid(dino, frozen.dinov2, batch[f"{m}_image"], int(mc.si_image_size))
-        out.append(semantic.targets_from_grid(grid, mc.patch_nums))
+            grid = semantic.dinov2_grid(dino, frozen.dinov2, batch[f"{m}_image"], size)
+            out.append(semantic.targets_from_grid(grid, mc.patch_nums))
     return out
 
 
@@ -167,7 +214,7 @@ def loss_fn(params, batch, rng, config, frozen=None):
     module = em.build(mc)
     pn = tuple(int(p) for p in mc.patch_nums)
     directed_rate = float(mc.get("directed_rate", 0.0))
-    (sat_flat, tf_sat), (map_flat, tf_map) = _tokens_and_inputs(mc, batch, frozen)
+    (sat_flat, tf_sat, sat_idx), (map_flat, tf_map, map_idx) = _tokens_and_inputs(mc, batch, frozen)
     B = sat_flat.shape[0]
     coords = jnp.asarray(batch["coords"], jnp.float32)
 
@@ -216,8 +263,8 @@ def loss_fn(params, batch, rng, config, frozen=None):
         metrics[f"acc_scale_{k}"] = masked_mean(correct, sel)
 
     loss = ce
-    if int(mc.si_layer) and float(mc.si_weight) > 0:
-        t_sat, t_map = _si_targets(mc, batch, frozen)
+    if si_on(mc):
+        t_sat, t_map = _si_targets(mc, batch, frozen, (sat_idx, map_idx))
         per_tok = semantic.per_token_loss(si_pred, to_joint(t_sat, t_map, pn), mc.si_loss)
         si, _ = semantic.scale_mean(per_tok, lay["scale"], len(pn), keep)
         metrics["si_loss"] = si
