@@ -296,7 +296,18 @@ def flops_per_example(config) -> float:
 # ----------------------------------------------------------------------------- data
 
 
+def check_startup(config) -> None:
+    """What a run needs before it reads anything big: VAR weights when the config starts from
+    them (var_init "required"), SI targets or DINOv2 weights when SI is on. The trainer's
+    first calls into the task (examples_per_epoch, train_data) run it, so a missing flag stops
+    the run with one line at start-up, not at step 0."""
+    if config["model"].get("var_init", None) == VAR_INIT_REQUIRED:
+        pretrained(config)  # raises the one-line InputError
+    check_si_sources(config)
+
+
 def train_data(config, *, seed, batch_size):
+    check_startup(config)
     if config.data.get("tokens_dir", None):
         return token_data.token_pipeline(config.data.tokens_dir, config.data.split, batch_size,
                                          seed=seed, augment=config.data.augment, num_epochs=None)
@@ -314,6 +325,7 @@ def eval_data(config, *, batch_size):
 
 
 def examples_per_epoch(config):
+    check_startup(config)
     if config.data.get("tokens_dir", None):
         return token_data.read_manifest(config.data.tokens_dir, config.data.split)["num_records"]
     return image_data.examples_per_epoch(config)
