@@ -22,6 +22,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -55,7 +56,7 @@ def bash_blocks(path, heading):
     """Commands (continuations joined, comments dropped) of the ```bash blocks under `heading`."""
     text = (ROOT / path).read_text()
     start = text.index(heading)
-    nxt = re.search(r"\n#{1,3} ", text[start + len(heading):])
+    nxt = re.search(r"\n##+ ", text[start + len(heading):])
     section = text[start: start + len(heading) + (nxt.start() if nxt else len(text))]
     cmds = []
     for block in re.findall(r"```bash\n(.*?)```", section, re.S):
@@ -71,9 +72,8 @@ def _tile_png(path, image):
     Image.fromarray(image).save(path)
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    ws = tmp_path_factory.mktemp("docs")
+def make_workspace(ws):
+    """The docs' inputs under `ws` (see module doc)."""
     for i, city in enumerate(["beijing", "shanghai", "wuhan", "xian"]):
         for j in range(3):
             s = synthetic.pair_seed(7, 10 * i + j)
@@ -90,6 +90,11 @@ def workspace(tmp_path_factory):
         (ws / "ckpt").mkdir(exist_ok=True)
         shutil.copy(FIX / src, ws / "ckpt" / name)
     return ws
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    return make_workspace(tmp_path_factory.mktemp("docs"))
 
 
 def _command(line, ws):
@@ -111,13 +116,16 @@ def _command(line, ws):
     return argv
 
 
-def _run_block(cmds, ws):
+def _run_block(cmds, ws, log=None):
     env = dict(os.environ, PYTHONPATH=str(ROOT), PY=sys.executable, JAX_PLATFORMS="cpu",
                XLA_PYTHON_CLIENT_PREALLOCATE="false")
     env["XLA_FLAGS"] = ""  # no GPU scheduler flags on CPU
     for line in cmds:
         argv = _command(line, ws)
+        t0 = time.time()
         r = subprocess.run(argv, cwd=ws, env=env, capture_output=True, text=True, timeout=900)
+        if log:
+            log(f"{time.time() - t0:6.1f} s  rc {r.returncode}  {line}\n{r.stderr[-1500:] if r.returncode else ''}")
         assert r.returncode == 0, f"{line}\n-> {' '.join(argv)}\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
 
 
