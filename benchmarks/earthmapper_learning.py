@@ -90,6 +90,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=800)
+    ap.add_argument("--n-train", type=int, default=2400)
+    ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--geometry", default="paper", choices=sorted(lc.GEOMETRIES))
     ap.add_argument("--quick", action="store_true", help="one seed, the paper layout, no sampler sweep")
     args = ap.parse_args()
@@ -98,9 +100,11 @@ def main():
     rows = []
     t_all = time.time()
     for seed in seeds:
-        tok, (_, _, c_tr), (s_te, m_te, c_te), (ts, tm) = lc.prepare(seed=seed, geometry=args.geometry)
+        tok, (_, _, c_tr), (s_te, m_te, c_te), (ts, tm) = lc.prepare(n_train=args.n_train, seed=seed,
+                                                                     geometry=args.geometry)
         for name, kw in layouts.items():
-            model, secs, _ = lc.train(tok, ts, tm, c_tr, steps=args.steps, width=64, lr=3e-3, seed=seed, **kw)
+            model, secs, _ = lc.train(tok, ts, tm, c_tr, steps=args.steps, batch=args.batch, width=64,
+                                      lr=3e-3, seed=seed, log=lambda s: print(s, file=sys.stderr, flush=True), **kw)
             r = lc.evaluate(model, s_te, m_te, c_te, tm)
             rows.append(_row(seed, "layout", name, r, secs=secs))
             if name != PAPER:
