@@ -45,7 +45,7 @@ _RUN = ("--config.total_steps=2 --config.batch_size=2 --config.data.image_size=1
 TINY = {
     "prepare cnsatmap": "--size 128 --val-fraction 0.3 --test-fraction 0.3 --workers 1 --quiet",
     "convert var-vae": "--image-size 128 --patch-nums 1,2,3,4,6,8",
-    "prepare tokens": "--batch-size 4 --si-image-size 56 --quiet",
+    "prepare tokens": "--batch-size 4 --si-image-size 56 --variants none --quiet",
     "earthmapper_jax.main": f"{_MODEL} {_RUN}",
     "single_gpu.sh": f"{_MODEL} {_RUN}",
     "translate": "--batch-size 2",
