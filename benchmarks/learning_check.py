@@ -50,6 +50,9 @@ IMAGE = 48
 PATCH = 8
 PATCH_NUMS = (1, 2, 3, 4, 6)
 NUM_CLASSES = 6
+# (image px, patch_nums): "small" is the test's; "paper" has the paper's 10 scales (VAR's 256²
+# schedule) on 64 px tiles, 4 px per token of the last scale.
+GEOMETRIES = {"small": (IMAGE, PATCH_NUMS), "paper": (64, (1, 2, 3, 4, 5, 6, 8, 10, 13, 16))}
 
 
 def _pixel_features(images):
@@ -86,7 +89,8 @@ class SemanticTokenizer(tok_lib.Tokenizer):
         """(B, S/p, S/p, 6) class fractions of each p×p patch, from every 2nd pixel."""
         B, H, W, _ = np.shape(images)
         onehot = np.eye(NUM_CLASSES, dtype=np.float32)[self.classify(images, stride=2)]
-        g, q = H // PATCH, PATCH // 2
+        g = int(self.config["patch_nums"][-1])
+        q = H // g // 2
         return jnp.asarray(onehot.reshape(B, g, q, g, q, NUM_CLASSES).mean((2, 4)))
 
     def encode(self, images):
@@ -109,7 +113,7 @@ def _kmeans(x, k, rng, iters=10):
     return c.astype(np.float32)
 
 
-def fit_tokenizer(sat, mp, labels, vocab=64, rounds=3, seed=0) -> SemanticTokenizer:
+def fit_tokenizer(sat, mp, labels, vocab=64, rounds=3, seed=0, patch_nums=PATCH_NUMS) -> SemanticTokenizer:
     """Fits the classifier (on `labels`, the shared class raster) and the residual codebook."""
     rng = np.random.default_rng(seed)
     mean, inv, logdet, cls = [], [], [], []
@@ -127,17 +131,19 @@ def fit_tokenizer(sat, mp, labels, vocab=64, rounds=3, seed=0) -> SemanticTokeni
                 cls.append(c)
     gaussians = (np.stack(mean).astype(np.float32), np.stack(inv).astype(np.float32),
                  np.asarray(logdet, np.float32), np.asarray(cls))
-    cfg = dict(ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, using_sa=False, using_mid_sa=False,
-               vocab_size=vocab, z_channels=NUM_CLASSES, image_size=IMAGE, patch_nums=PATCH_NUMS,
+    image = int(np.shape(sat)[1])
+    levels = int(round(np.log2(image // patch_nums[-1])))  # the (unused) conv stack's downsampling
+    cfg = dict(ch=32, ch_mult=(1, 2, 2, 4)[: levels + 1], num_res_blocks=1, using_sa=False, using_mid_sa=False,
+               vocab_size=vocab, z_channels=NUM_CLASSES, image_size=image, patch_nums=tuple(patch_nums),
                quant_resi=0.0)
     params = dict(tok_lib.init_params(cfg, jax.random.key(seed)))
     tok = SemanticTokenizer(params, cfg, gaussians)
     f = jnp.concatenate([tok.features(sat), tok.features(mp)])
     g, z = f.shape[1], f.shape[-1]
-    codebook = _kmeans(np.concatenate([np.asarray(area_resize(f, pn)).reshape(-1, z) for pn in PATCH_NUMS]), vocab, rng)
+    codebook = _kmeans(np.concatenate([np.asarray(area_resize(f, pn)).reshape(-1, z) for pn in patch_nums]), vocab, rng)
     for _ in range(rounds):  # Lloyd rounds through the residual loop: codes for every scale
         rest, res = f, []
-        for pn in PATCH_NUMS:
+        for pn in patch_nums:
             zz = area_resize(rest, pn) if pn != g else rest
             h = jnp.asarray(codebook)[jnp.argmin(jnp.sum(jnp.square(zz[..., None, :] - codebook), -1), -1)]
             res.append(np.asarray(zz).reshape(-1, z))
@@ -148,15 +154,15 @@ def fit_tokenizer(sat, mp, labels, vocab=64, rounds=3, seed=0) -> SemanticTokeni
     return tok
 
 
-def make_data(n, seed=0):
-    """n synthetic pairs at IMAGE px: satellite, map in [-1, 1], coords (n, 2), labels (n, S, S)."""
+def make_data(n, seed=0, image=IMAGE):
+    """n synthetic pairs at `image` px: satellite, map in [-1, 1], coords (n, 2), labels (n, S, S)."""
     sat, mp, coords, labels = [], [], [], []
     for i in range(n):
         s = synthetic.pair_seed(seed, i)
         layout = synthetic.make_layout(s)
-        lab = synthetic.render_labels(layout, IMAGE)
-        sat.append(synthetic.render_satellite(layout, IMAGE, s, lab))
-        mp.append(synthetic.render_map(layout, IMAGE))
+        lab = synthetic.render_labels(layout, image)
+        sat.append(synthetic.render_satellite(layout, image, s, lab))
+        mp.append(synthetic.render_map(layout, image))
         coords.append((layout.lat, layout.lon))
         labels.append(lab)
     f = lambda x: np.stack(x).astype(np.float32) / 127.5 - 1.0  # noqa: E731
@@ -173,7 +179,7 @@ def train(tok, tokens_sat, tokens_map, coords, *, steps, batch=32, lr=2e-3, dept
     """Trains a tiny EarthMapper on pre-tokenised pairs; returns (Model, seconds, last metrics).
     init_adaln_gamma 1.0: VAR's 1e-5 (for fine-tuning huge models) makes a tiny model trained
     from scratch learn cross-token attention far more slowly."""
-    mc = em.model_config("tiny", patch_nums=PATCH_NUMS, vocab_size=tok.vocab_size, cvae=tok.z_channels,
+    mc = em.model_config("tiny", patch_nums=tuple(tok.config["patch_nums"]), vocab_size=tok.vocab_size, cvae=tok.z_channels,
                          depth=depth, embed_dim=width, num_heads=max(1, width // 64), si_layer=0,
                          si_weight=0.0, drop_path_rate=0.0, within_scale=within_scale,
                          init_adaln_gamma=init_adaln_gamma, **model_overrides)
@@ -203,32 +209,47 @@ def train(tok, tokens_sat, tokens_map, coords, *, steps, batch=32, lr=2e-3, dept
     return Model(mc, params, tok), time.time() - t0, {k: float(v) for k, v in m.items()}
 
 
-def evaluate(model, sat, mp, coords, train_map_tokens, **sample_kw):
+def evaluate(model, sat, mp, coords, train_map_tokens, baselines=True, **sample_kw):
     """Held-out sat->map figures of the model and the baselines: token accuracy (overall and
     per scale) and patch-class accuracy of the decoded map (against the tokenizer's own
-    reconstruction of the real map)."""
+    reconstruction of the real map). The model translates greedily, without guidance or Key
+    Point Force unless `sample_kw` says otherwise; baselines=False skips coords_only/majority."""
     tok = model.tokenizer
     pns = tuple(model.config.patch_nums)
     true = tokens_of(tok, mp)
-    kw = dict(top_k=1, top_p=0.0, guidance=(0.0, 0.0, 0.0), decode=False)
+    kw = dict(top_k=1, top_p=0.0, guidance=(0.0, 0.0, 0.0), kpf_tau=None, decode=False)
     kw.update(sample_kw)
     maps, _ = S.translate(model, sat, "sat2map", jax.random.key(0), coords=coords, **kw)
     pred = np.asarray(scales.flatten_tokens(maps))
+    offsets = scales.scale_offsets(pns)
+    true_cls = tok.patch_classes(scales.split_tokens(jnp.asarray(true), pns))
+    if not baselines:
+        return {"acc_model": float((pred == true).mean()),
+                "acc_model_per_scale": [float((pred[:, b:e] == true[:, b:e]).mean()) for b, e in offsets],
+                "class_acc_model": float((tok.patch_classes(maps) == true_cls).mean())}
     (_, gen_map), _ = S.generate(model, coords, jax.random.key(0), top_k=1, top_p=0.0,
                                  guidance=(0.0, 0.0, 0.0), decode=False)
     coords_only = np.asarray(scales.flatten_tokens(gen_map))
-    offsets = scales.scale_offsets(pns)
     majority = np.concatenate([
         np.full(e - b, np.bincount(train_map_tokens[:, b:e].ravel(), minlength=tok.vocab_size).argmax())
         for b, e in offsets])[None].repeat(len(true), 0)
-
-    true_cls = tok.patch_classes(scales.split_tokens(jnp.asarray(true), pns))
     out = {}
     for name, t in (("model", pred), ("coords_only", coords_only), ("majority", majority)):
         out[f"acc_{name}"] = float((t == true).mean())
         out[f"acc_{name}_per_scale"] = [float((t[:, b:e] == true[:, b:e]).mean()) for b, e in offsets]
         out[f"class_acc_{name}"] = float((tok.patch_classes(scales.split_tokens(jnp.asarray(t), pns)) == true_cls).mean())
     return out
+
+
+def prepare(n_train=2400, n_test=64, vocab=16, seed=0, geometry="small"):
+    """Data and fitted tokenizer: (tok, (sat, map, coords) train, (sat, map, coords) test,
+    (sat tokens, map tokens) train)."""
+    image, pns = GEOMETRIES[geometry]
+    sat, mp, coords, labels = make_data(n_train + n_test, seed=seed, image=image)
+    tr, te = slice(0, n_train), slice(n_train, n_train + n_test)
+    tok = fit_tokenizer(sat[tr], mp[tr], labels[tr], vocab=vocab, seed=seed, patch_nums=pns)
+    return (tok, (sat[tr], mp[tr], coords[tr]), (sat[te], mp[te], coords[te]),
+            (tokens_of(tok, sat[tr]), tokens_of(tok, mp[tr])))
 
 
 def run(*, n_train=2400, n_test=64, steps=800, vocab=16, seed=0, log=None, sample_kw=None, **train_kw):

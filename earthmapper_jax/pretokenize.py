@@ -35,6 +35,7 @@ from earthmapper_jax.errors import DataError, InputError
 from earthmapper_jax.io import files
 from earthmapper_jax.models import semantic
 from earthmapper_jax.scales import flatten_tokens, seq_len
+from earthmapper_jax.tokenizer.model import build as build_tokenizer
 
 
 def measure_commutation(tok, images, variants=VARIANT_SETS["dihedral"]) -> dict:
@@ -67,10 +68,17 @@ def _resolve_variants(variants, tok, first_images):
 
 def prepare_tokens(tokenizer_dir, data_dir, out_dir, *, splits=None, variants="auto",
                    batch_size: int = 32, dinov2=None, si_image_size: int = 224,
-                   overwrite: bool = False, progress: bool = True) -> dict:
+                   si_target: str = "reconstruction", overwrite: bool = False,
+                   progress: bool = True) -> dict:
     """Tokenises every split of a TFRecord dataset (see module doc). Returns {split: manifest}.
 
-    dinov2: optional (module, params) to also store Semantic Infusion target grids.
+    dinov2: optional (module, params) to also store Semantic Infusion targets, of kind
+    si_target (models/semantic.py): "reconstruction" stores the per-scale rows (Σpn², D) of the
+    paper's targets (DINOv2 of the decoded scale-1..k reconstructions), "image" the real
+    image's (g, g, D) DINOv2 grid. Both fp16. Sizes per image, modality and variant at 256²
+    with ViT-B/14: 680 × 768 × 2 B = 1.04 MB (reconstruction), 16 × 16 × 768 × 2 B = 0.39 MB
+    (image); CNSatMap's 185,751 training pairs × 2 modalities × 8 variants: 3.1 TB / 1.2 TB
+    (docs/training.md, "Semantic Infusion targets: storage").
     Each array is written under a temporary name and renamed when the split is complete; the
     split's manifest is removed first and written last, so a split never shows mixed files.
     """
@@ -81,10 +89,18 @@ def prepare_tokens(tokenizer_dir, data_dir, out_dir, *, splits=None, variants="a
     if not splits:
         raise DataError(f"{data_dir}: no splits (no *.manifest.json); run `earthmapper prepare`")
     sem_fn = None
+    pn = tuple(tok.patch_nums)
+    if si_target not in semantic.SI_TARGETS:
+        raise InputError(f"--si-target {si_target!r}; expected one of {semantic.SI_TARGETS}")
     if dinov2 is not None:
         module, dparams = dinov2
-        sem_fn = jax.jit(lambda p, x: semantic.dinov2_grid(module, p, x, si_image_size))
-    pn = tuple(tok.patch_nums)
+        if si_target == "image":
+            sem_fn = jax.jit(lambda p, x, tp: semantic.dinov2_grid(module, p, x, si_image_size))
+        else:
+            tok_module = build_tokenizer(dict(tok.config))
+            sem_fn = jax.jit(lambda p, x, tp: semantic.reconstruction_targets(
+                tok_module, tp, tok_module.apply({"params": tp}, x, method="encode"), module, p, pn,
+                si_image_size))
     L = seq_len(pn)
     chosen = comm = exact = None
     results = {}
@@ -107,6 +123,9 @@ def prepare_tokens(tokenizer_dir, data_dir, out_dir, *, splits=None, variants="a
                 b = len(batch["sat_image"])
                 if chosen is None:
                     chosen, comm, exact = _resolve_variants(variants, tok, batch["sat_image"])
+                    if exact and sem_fn is not None and si_target == "reconstruction":
+                        # per-scale target rows cannot be moved like a grid: store every variant
+                        chosen, exact = VARIANT_SETS["dihedral"], False
                 if not arrays:
                     nv = len(chosen)
                     for name in ("sat_tokens", "map_tokens"):
@@ -122,7 +141,7 @@ def prepare_tokens(tokenizer_dir, data_dir, out_dir, *, splits=None, variants="a
                         flat = np.asarray(flatten_tokens(tok.encode(x)))
                         arrays[f"{key}_tokens"][v, done:done + b] = flat[:b]
                         if sem_fn is not None:
-                            grid = np.asarray(sem_fn(dparams, x))[:b].astype(np.float16)
+                            grid = np.asarray(sem_fn(dparams, x, tok.params))[:b].astype(np.float16)
                             name = f"{key}_sem"
                             if name not in arrays:
                                 arrays[name] = np.lib.format.open_memmap(
@@ -149,7 +168,8 @@ def prepare_tokens(tokenizer_dir, data_dir, out_dir, *, splits=None, variants="a
                 "variant_names": [variant_name(*v) for v in chosen],
                 "derive_variants": bool(exact),
                 "commutation": comm,
-                "semantic": ({"image_size": si_image_size} if sem_fn is not None else None),
+                "semantic": ({"image_size": si_image_size, "target": si_target}
+                             if sem_fn is not None else None),
             }
             mp.unlink(missing_ok=True)  # the split vanishes while its files are swapped
         files.write_json(mp, manifest)

@@ -145,7 +145,8 @@ def test_d16_step_compiles_and_runs_on_cpu(tmp_path):
                vocab_size=4096, image_size=64, patch_nums=(1, 2, 3, 4))
     tokenizer_lib.Tokenizer.init(tok, jax.random.key(0)).save(tmp_path / "tok")
     config = _d16_config(patch_nums=(1, 2, 3, 4), si_weight=0.0, attention="xla",
-                         scan_layers=True, dtype="bfloat16", tokenizer_dir=str(tmp_path / "tok"))
+                         scan_layers=True, dtype="bfloat16", tokenizer_dir=str(tmp_path / "tok"),
+                         var_init="none")  # the d16 config starts from VAR-d16 unless told
     task = earthmapper_task.make_task()
     mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
     tx, lr = optim.make_optimizer(config.optim, 1, 100, 0)

@@ -1,6 +1,6 @@
 """`earthmapper prepare tokens --tokenizer DIR DATA OUT`: pre-tokenise a TFRecord dataset.
 
-Stores both modalities' token maps (and, with --si-dinov2, Semantic Infusion target grids)
+Stores both modalities' token maps (and, with --si-dinov2, Semantic Infusion targets)
 for every split, once per augmentation variant (earthmapper_jax/pretokenize.py; the files:
 earthmapper_jax/data/token_records.py). Train on them with `--config.data.tokens_dir=OUT`.
 """
@@ -21,6 +21,10 @@ def register(subparsers):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--si-dinov2", default="", metavar="PTH",
                    help="official DINOv2 .pth: also store Semantic Infusion target grids")
+    p.add_argument("--si-target", default="reconstruction", choices=("reconstruction", "image"),
+                   help="SI targets: DINOv2 of the image decoded from the tokens of scales 1..k, "
+                        "per scale (the paper, Eq. 13; K decodes per image) or of the real image "
+                        "(one pass, cheaper); must match config.model.si_target")
     p.add_argument("--si-image-size", type=int, default=224)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
@@ -38,7 +42,7 @@ def main(args):
     splits = [s for s in args.splits.split(",") if s]
     out = prepare_tokens(args.tokenizer, args.data, args.out, splits=splits or None,
                          variants=args.variants, batch_size=args.batch_size, dinov2=dinov2,
-                         si_image_size=args.si_image_size, overwrite=args.overwrite,
+                         si_image_size=args.si_image_size, si_target=args.si_target, overwrite=args.overwrite,
                          progress=not args.quiet)
     for split, m in out.items():
         worst = min((v["agreement"] for v in (m["commutation"] or {}).values()), default=1.0)

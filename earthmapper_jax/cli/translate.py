@@ -32,12 +32,17 @@ def register(subparsers):
                    help="tile coordinates in degrees (negative first value: --coords=-33.9,151.2)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--guidance", default=None, metavar="W_GEO,W_COND,W_BOTH",
-                   help="multi-term CFG weights (default: the paper's triple for the direction)")
+    p.add_argument("--guidance", default=None, metavar="T1,T2,T3",
+                   help="guidance triple (default: the paper's triple for the direction)")
+    p.add_argument("--guidance-form", default="nested", choices=("nested", "independent"),
+                   help="nested: ControlVAR's chain, equal triples = plain CFG (default); "
+                        "independent: one summed term per condition (docs/guidance.md)")
     p.add_argument("--top-k", type=int, default=100)
     p.add_argument("--top-p", type=float, default=0.55)
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--kpf-tau", type=float, default=None, help="Key Point Force threshold (off by default)")
+    p.add_argument("--kpf-tau", type=float, default=0.95,
+                   help="Key Point Force threshold τ (default 0.95, the sampler's; docs/guidance.md)")
+    p.add_argument("--no-kpf", action="store_true", help="switch Key Point Force off")
     p.add_argument("--no-complexity", action="store_true", help="plain linear CFG ramp")
     p.add_argument("--bf16", action="store_true", help="sample in bfloat16")
     p.set_defaults(func=run)
@@ -95,7 +100,8 @@ def run(args):
     out.mkdir(parents=True, exist_ok=True)
     rng = jax.random.key(args.seed)
     options = dict(guidance=guidance, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
-                   kpf_tau=args.kpf_tau, complexity=not args.no_complexity,
+                   kpf_tau=None if args.no_kpf else args.kpf_tau, guidance_form=args.guidance_form,
+                   complexity=not args.no_complexity,
                    dtype="bfloat16" if args.bf16 else None)
     if model.mode == "pix2pix":
         options = {}

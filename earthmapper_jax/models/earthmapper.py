@@ -16,17 +16,16 @@ pos_start (+ level/position + modality), so both halves start from the coordinat
 positions of scale k of a half is, as in VAR, that modality's f_hat after scales < k,
 area-resized to pn_k (so no position ever holds its own scale's tokens).
 
-Attention (config `within_scale`): "group" (default, the paper: the two halves of a scale never
-exchange information, "precludes direct information exchange between the generated paired
-images at each step", so s_k and m_k are sampled independently given the past; the inputs at
-m_k encode map scales < k, so the satellite half at scale k sees map tokens up to scale k-2
-only), "all" (each sees the other modality up to scale k-1, exactly Eq. 10's
-p(r_k | r_<k, c_g)), "ordered" (the map block sees the satellite block of its scale).
+Attention (config `within_scale`): "all" (default, the paper's Eq. 10 p(r_k | r_<k, c_g): a
+scale-k token sees both halves' positions of scales <= k, and since the inputs at scale k hold
+scales < k only, s_k and m_k still exchange no scale-k tokens, as §IV-F says), "group" (the two
+halves of a scale do not attend to each other at all, so the satellite half at scale k sees map
+tokens up to scale k-2 only), "ordered" (the map block sees the satellite block of its scale).
 
-Directed rows (config directed_rate, default 0.5; 0 = the paper's pure joint model). In joint
-rows a target token of scale k sees the condition only up to scale k-1, and the CPU learning
-check measured the pure joint model translating exactly as well as generating from
-coordinates alone (docs/earthmapper.md). A directed row picks one half as the condition: its
+Directed rows (config directed_rate, default 0 = the paper's pure joint model; the project's
+variant `configs/earthmapper_train.py:cnsatmap_d24_directed` uses 0.5). In joint rows a target
+token of scale k sees the condition only up to scale k-1; the CPU learning check compares both
+(docs/earthmapper.md, "The paper's model against its deviations"). A directed row picks one half as the condition: its
 inputs also carry the embedding of its own current-scale tokens (cond_token_embed (V, C) +
 lead_embed), the target half attends to it inside the scale (layout.directed_mask) and only
 the target is in the loss. translate() and inpaint(condition=...) sample in this layout;
@@ -71,15 +70,16 @@ def model_config(name: str = "d16", **overrides) -> ml_collections.ConfigDict:
     GJSA, geo and SI fields (see configs/earthmapper.py for the documented list)."""
     c = backbone.base_config(name)
     c.mode = "earthmapper"
-    c.within_scale = "group"       # "group" (paper, default) | "all" | "ordered"
+    c.within_scale = "all"         # "all" (the paper's Eq. 10, default) | "group" | "ordered"
     c.geo_num_freqs = 16           # SinEmbed frequencies 2^0 .. 2^15 cycles per 360°
     c.geo_hidden = 0               # geo MLP hidden width; 0 = embed_dim
     c.coord_drop_rate = 0.1        # coordinates -> learned null (CFG), as VAR's label dropout
     c.modality_drop_rate = 0.1     # one modality's inputs -> learned null (condition CFG terms)
-    c.directed_rate = 0.5          # share of rows trained as translations (0 = the paper's pure joint model)
+    c.directed_rate = 0.0          # share of rows trained as translations (0 = the paper's pure joint model)
     c.si_layer = max(1, c.depth // 3) if name != "tiny" else 1  # 1-based; 0 = no SI
     c.si_weight = semantic.DEFAULT_WEIGHT
-    c.si_loss = "mse"              # the paper's squared error; "cosine" = REPA's
+    c.si_loss = "sqnorm"           # Eq. 13's squared norm (semantic.py); "mse" | "cosine" (REPA's)
+    c.si_target = "reconstruction"  # Eq. 13: DINOv2 of the scale-k reconstruction | "image" (cheaper)
     c.si_encoder = "vitb14"        # DINOv2 variant of the targets (dinov2.VARIANTS)
     c.si_dinov2 = ""               # official DINOv2 .pth for on-the-fly targets ("" = precomputed)
     c.si_image_size = 224          # DINOv2 input size (16×16 patches for /14)
@@ -106,6 +106,8 @@ def check_config(c) -> None:
         raise InputError(f"si_encoder={c.si_encoder!r}; expected one of {sorted(DINOV2_VARIANTS)}")
     if c.si_loss not in semantic.SI_LOSSES:
         raise InputError(f"si_loss={c.si_loss!r}; expected one of {semantic.SI_LOSSES}")
+    if c.get("si_target", "image") not in semantic.SI_TARGETS:
+        raise InputError(f"si_target={c.si_target!r}; expected one of {semantic.SI_TARGETS}")
     for key in ("coord_drop_rate", "modality_drop_rate"):
         if not 0.0 <= float(c.get(key, 0.0)) < 1.0:
             raise InputError(f"{key}={c.get(key)}; expected a probability in [0, 1)")

@@ -1,22 +1,29 @@
 """Semantic Infusion (SI, EarthMapper §IV-E): align transformer hidden states with DINOv2 features.
 
-Targets. The paper's E_sem(r_k) is DINOv2 applied to images decoded from the scale-k tokens;
-that needs K decodes and K DINOv2 passes per image and step. We use instead
-the DINOv2 patch features of the *real* image (224², a 16×16 patch grid for ViT-*/14),
-area-resized (PyTorch 'area', the tokenizer's exact matrices) to each scale's pn×pn grid. They
-do not depend on the model, so they can be computed once per dataset (`precompute_grids`) and
-stored as the (g, g, D) grid per image; the per-scale pooling is done on the fly.
-Each modality has its own targets: the satellite half aligns to the satellite image's features,
-the map half to the map's.
+Targets (config `si_target`), per modality (the satellite half aligns to satellite features,
+the map half to map features), as (B, Σpn², D) rows in the half's token order:
+  "reconstruction" (the paper, Eq. 13's E_sem(r_k)): the image decoded from the cumulative
+      tokens of scales 1..k (the tokenizer's f_hat after scale k), its DINOv2 patch grid
+      (224², 16×16 for ViT-*/14) area-resized to h_k×w_k (`reconstruction_targets`). K decodes
+      and K DINOv2 passes per image: precompute them (`earthmapper prepare tokens
+      --si-dinov2`), or let training compute them on the fly from the tokens.
+  "image" (cheaper, not the paper): the DINOv2 grid of the real image, area-resized to each
+      scale (`targets_from_grid`); one pass per image, stored as the (g, g, D) grid.
+Resizing is PyTorch 'area' (the tokenizer's exact matrices).
 
 Alignment network A: a 3-layer MLP (Dense-SiLU-Dense-SiLU-Dense, REPA's projector shape) on the
-hidden states after block `layer` (1-based) of the transformer, applied per token.
+hidden states after block `layer` (1-based) of the transformer, applied per token; the position
+of scale k holds the inputs r_<k, so A(h_k) predicts E_sem(r_k) from r_<k as Eq. 12 writes.
 
-Loss (paper Eq. 13, L_sem = 1/K Σ_k ||A(h_k) - E_sem(r_k)||²): per token the squared error
-averaged over the feature dimension ("mse", the paper's choice and our default) or the negative
-cosine similarity ("cosine", REPA's, scale-free); averaged over the tokens of each scale, then
-over scales (the 1/K Σ_k of Eq. 13, so the 1×1 scale weighs as much as the 16×16 one), then
-over the modalities. Total loss L = L_jot + σ L_sem with σ = 0.5 (§V-B).
+Loss (Eq. 13, L_sem = 1/K Σ_k ||A(F(r_<k, c_g)) - E_sem(r_k)||²₂), config `si_loss`:
+  "sqnorm" (default, the paper): per position the squared L2 norm of the error, summed over
+      the D feature dimensions; averaged over the h_k·w_k positions of scale k, then 1/K over
+      the scales, then over the batch and the two halves. The literal norm over the whole
+      h_k×w_k×D map would weigh scale k by h_k·w_k more (the 16×16 scale 256× the 1×1 one);
+      we read the 1/K as "each scale counts once" and average over positions. So σ = 0.5
+      multiplies the paper's per-position squared norm: L = L_jot + 0.5 · L_sem (Eq. 14).
+  "mse": the same divided by D (mean over features; σ then weighs D× less than the paper's).
+  "cosine": 1 - cosine similarity (REPA's, scale-free).
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ from earthmapper_jax.models.dinov2 import preprocess
 from earthmapper_jax.progress import progress as progress_bar
 from earthmapper_jax.tokenizer.resize import area_resize
 
-SI_LOSSES = ("mse", "cosine")
+SI_LOSSES = ("sqnorm", "mse", "cosine")
+SI_TARGETS = ("reconstruction", "image")
 DEFAULT_WEIGHT = 0.5  # σ of the paper
 
 
@@ -70,10 +78,33 @@ def targets_from_grid(grid, patch_nums: Sequence[int]):
     return jnp.concatenate([area_resize(grid, pn).reshape(B, pn * pn, D) for pn in patch_nums], 1)
 
 
-def per_token_loss(pred, target, kind: str = "mse"):
-    """(..., D) x (..., D) -> (...): mean squared error over D, or 1 - cosine similarity."""
+def reconstruction_targets(tok_module, tok_params, indices, dino_module, dino_params,
+                           patch_nums: Sequence[int], size: int = 224):
+    """The paper's E_sem(r_k): for each scale k the DINOv2 grid of the image decoded from the
+    token maps of scales 1..k, area-resized to pn_k×pn_k. indices: K maps (B, pn, pn).
+    Returns (B, Σpn², D) fp32 (no gradient)."""
+    out = []
+    for k, pn in enumerate(patch_nums):
+        img = tok_module.apply({"params": tok_params}, list(indices[: k + 1]), method="decode")
+        grid = dinov2_grid(dino_module, dino_params, img, size)
+        out.append(area_resize(grid, pn).reshape(grid.shape[0], pn * pn, grid.shape[-1]))
+    return jax.lax.stop_gradient(jnp.concatenate(out, 1))
+
+
+def as_targets(stored, patch_nums: Sequence[int]):
+    """Stored SI targets -> (B, Σpn², D): an image grid (B, g, g, D) is resized per scale,
+    per-scale rows (B, Σpn², D) (reconstruction targets) pass through."""
+    stored = jnp.asarray(stored, jnp.float32)
+    return targets_from_grid(stored, patch_nums) if stored.ndim == 4 else stored
+
+
+def per_token_loss(pred, target, kind: str = "sqnorm"):
+    """(..., D) x (..., D) -> (...): squared L2 norm of the error ("sqnorm"), its mean over D
+    ("mse"), or 1 - cosine similarity."""
     assert kind in SI_LOSSES, kind  # validated by the model config check (si_loss)
     pred, target = pred.astype(jnp.float32), target.astype(jnp.float32)
+    if kind == "sqnorm":
+        return jnp.sum(jnp.square(pred - target), axis=-1)
     if kind == "mse":
         return jnp.mean(jnp.square(pred - target), axis=-1)
     num = jnp.sum(pred * target, -1)

@@ -21,13 +21,16 @@ Public API (re-exported by earthmapper_jax.sampling):
 
     options (all keyword; `**sampling_config()` (= config.sampling of configs/earthmapper.py)
     works as is):
-        guidance=(w_geo, w_cond, w_both)  multi-term CFG weights (guidance.multi_term_cfg);
-                     default: the paper's best triples, (2, 2, 2) sat2map, (8, 8, 8) map2sat
-                     and for generate / inpaint (0, 0, 4) (plain CFG 4 against the null
-                     coordinate); (0, 0, 0) = no guidance (one branch only)
+        guidance=(t1, t2, t3)  guidance triple (guidance.term_weights); default: the paper's
+                     best triples, (2, 2, 2) sat2map, (8, 8, 8) map2sat and for generate /
+                     inpaint (4, 4, 4); a number t means plain CFG t; (0, 0, 0) = no guidance
+                     (one branch only)
+        guidance_form="nested"  ControlVAR's nested chain (equal triples = plain CFG of that
+                     strength) | "independent" (one summed term per condition)
         complexity=True, gamma=1.0, alpha_power=1.0, beta_min=0.5   Complexity Guidance
                      s = γ·α(r)·β(C); complexity=False -> s = γ·r (VAR's linear ramp)
-        kpf_tau=None  Key Point Force threshold τ (None = off; only with a condition image)
+        kpf_tau=KPF_TAU (0.95)  Key Point Force threshold τ (None = off; only with a condition
+                     image); the paper gives no τ, docs/guidance.md says why this one
         top_k=100, top_p=0.55, temperature=1.0   (the paper's top-k / top-p)
         dtype=None    "bfloat16" for a bf16 sampler (the model's config otherwise)
         decode=True   decode the token maps with the tokenizer
@@ -67,9 +70,12 @@ from earthmapper_jax.scales import flatten_tokens, seq_len
 
 DIRECTIONS = {"sat2map": ("sat", "map"), "map2sat": ("map", "sat")}
 MODALITY_NAMES = {"sat": SAT, "map": MAP}
-DEFAULT_GUIDANCE = {"sat2map": (2.0, 2.0, 2.0), "map2sat": (8.0, 8.0, 8.0), "joint": (0.0, 0.0, 4.0)}
-DEFAULTS = dict(complexity=True, gamma=1.0, alpha_power=1.0, beta_min=0.5, kpf_tau=None,
-                top_k=100, top_p=0.55, temperature=1.0, dtype=None, decode=True)
+DEFAULT_GUIDANCE = {"sat2map": (2.0, 2.0, 2.0), "map2sat": (8.0, 8.0, 8.0), "joint": (4.0, 4.0, 4.0)}
+# Key Point Force is on (paper Table III row 4); τ is not in the paper (docs/guidance.md §4).
+KPF_TAU = 0.95
+DEFAULTS = dict(complexity=True, gamma=1.0, alpha_power=1.0, beta_min=0.5, kpf_tau=KPF_TAU,
+                guidance_form="nested", top_k=100, top_p=0.55, temperature=1.0, dtype=None,
+                decode=True)
 # Branch name -> (coordinates dropped, condition half nulled).
 BRANCHES = {"full": (False, False), "nogeo": (True, False), "nocond": (False, True), "uncond": (True, True)}
 
@@ -102,7 +108,7 @@ def sampling_config() -> ml_collections.ConfigDict:
                                    if k not in ("kpf_tau", "dtype", "decode")})
     for kind, triple in DEFAULT_GUIDANCE.items():
         c[f"guidance_{kind}"] = tuple(triple)
-    c.kpf_tau = ml_collections.config_dict.placeholder(float)
+    c.kpf_tau = ml_collections.config_dict.FieldReference(KPF_TAU, field_type=float)
     return c
 
 
@@ -232,8 +238,11 @@ def _options(kind: str, opts: dict) -> dict:
     o.update(opts)
     g = o.get("guidance")
     g = DEFAULT_GUIDANCE[kind] if g is None else g
+    if o["guidance_form"] not in G.GUIDANCE_FORMS:
+        raise InputError(f"guidance_form={o['guidance_form']!r}; expected one of {G.GUIDANCE_FORMS}")
+    plain = (lambda t: (t, t, t)) if o["guidance_form"] == "nested" else (lambda t: (0.0, 0.0, t))
     try:
-        g = tuple(float(v) for v in (g if np.ndim(g) else (0.0, 0.0, g)))
+        g = tuple(float(v) for v in (g if np.ndim(g) else plain(g)))
     except (TypeError, ValueError):
         raise InputError(f"guidance {g!r} must be a number or a triple (w_geo, w_cond, w_both)") from None
     if len(g) != 3:
@@ -264,9 +273,7 @@ def _run(model, coords, known, keep, roles, rng, o, return_logits=False):
     c = model.config
     has_cond = "cond" in roles
     geo_given = not np.isnan(coords).all()
-    w = list(o["guidance"])
-    if not geo_given:
-        w[0] = 0.0  # nogeo == full without coordinates
+    w = G.term_weights(o["guidance"], o["guidance_form"], geo_given, has_cond)
     branches = ("full",) + G.needed_branches(w, has_cond)
     B = coords.shape[0]
     directed = has_cond and float(c.get("directed_rate", 0.0)) > 0

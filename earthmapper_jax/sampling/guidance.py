@@ -4,11 +4,20 @@ All functions work on fp32 logits (..., V) and broadcast per-sample strengths of
 over the remaining axes. None of them touches the host: they run inside the jitted sampler.
 
 - VAR's CFG with a linear ramp:       l = (1 + t) l_c - t l_u,  t = cfg · si/(K-1)
-- multi-term CFG ("guidance triples", ControlVAR style, one weight per condition):
-      l = l_full + s · [ w_geo (l_full - l_nogeo) + w_cond (l_full - l_nocond)
-                         + w_both (l_full - l_uncond) ]
+- multi-term CFG ("guidance triples" (t1, t2, t3)), in one of two forms (`term_weights`):
+    "nested" (default, ControlVAR's chain: coordinates take its class slot, the condition
+    image its pixel-condition slot; EarthMapper has no condition-type token, so the middle
+    level equals `nogeo` and t2 cancels):
+      l = (1 + s·t1) l_full + s·(t3 - t1) l_nogeo - s·t3 l_uncond
+    equal triples (t, t, t) are exactly plain CFG of strength t;
+    "independent" (one term per condition, summed):
+      l = l_full + s · [ t1 (l_full - l_nogeo) + t2 (l_full - l_nocond) + t3 (l_full - l_uncond) ]
+  Both are evaluated by `multi_term_cfg` on per-branch weights against l_full.
   branches: full = coordinates + condition image, nogeo = null coordinates + condition,
-  nocond = coordinates + null condition, uncond = neither; a zero weight drops its branch.
+  nocond = coordinates + null condition, uncond = neither. A branch identical to full (no
+  coordinates: nogeo; no condition image: nocond) is dropped, two identical branches (no
+  coordinates: nocond = uncond; no condition image: nogeo = uncond) are computed once, and a
+  zero weight drops its branch.
 - Complexity Guidance (paper Eq. 21-22): s = γ · α(r) · β(C), α(r) = r^p with r = si/(K-1),
   β(C) = β_min + (1 - β_min) · C, C = mean normalised entropy H(p)/log V of the predicted
   distribution at this scale, per sample. Without complexity guidance s = α(r) (VAR's ramp).
@@ -55,6 +64,38 @@ def multi_term_cfg(full, weights, strength=1.0, *, nogeo=None, nocond=None, unco
             continue
         delta = delta + w * (full - branch)
     return full + _per_sample(strength, full) * delta
+
+
+GUIDANCE_FORMS = ("nested", "independent")
+
+
+def term_weights(triple: Sequence[float], form: str, geo_given: bool, has_condition: bool) -> tuple:
+    """The per-branch weights (w_nogeo, w_nocond, w_uncond) against l_full of a guidance triple,
+    on the host (static: they decide which branches are computed).
+
+    Branches that coincide are merged: without coordinates nogeo = full (its term vanishes) and
+    nocond = uncond; without a condition image nocond = full and nogeo = uncond. In the nested
+    form the merged weights add (the exact linear combination, so (t, t, t) stays plain CFG t);
+    in the independent form a merged pair keeps the larger weight (one term, not doubled)."""
+    t1, t2, t3 = (float(w) for w in triple)
+    if form == "nested":
+        w = {"nogeo": t1 - t3, "nocond": 0.0, "uncond": t3}
+    elif form == "independent":
+        w = {"nogeo": t1, "nocond": t2, "uncond": t3}
+    else:  # validated where the option enters (sampler _options)
+        raise AssertionError(form)
+    merge = (lambda a, b: a + b) if form == "nested" else max
+    if not geo_given:
+        w["nogeo"] = 0.0
+        if has_condition:
+            w["uncond"], w["nocond"] = merge(w["uncond"], w["nocond"]), 0.0
+    if not has_condition:
+        w["nocond"] = 0.0
+        if geo_given:
+            w["uncond"], w["nogeo"] = merge(w["uncond"], w["nogeo"]), 0.0
+        else:
+            w["uncond"] = 0.0  # every branch is the full one
+    return w["nogeo"], w["nocond"], w["uncond"]
 
 
 def needed_branches(weights: Sequence[float], has_condition: bool) -> tuple:

@@ -71,6 +71,7 @@ from earthmapper_jax.tokenizer.lpips import BACKBONES as LPIPS_NETS
 from earthmapper_jax.tokenizer.lpips import load_lpips
 from earthmapper_jax.tokenizer.model import build as build_tokenizer
 from earthmapper_jax.train import image_data
+from earthmapper_jax.train.preflight import VAR_INIT_MISSING, VAR_INIT_NONE, VAR_INIT_REQUIRED
 from earthmapper_jax.train.tasks import Task
 
 # ----------------------------------------------------------------------------- params
@@ -83,10 +84,18 @@ def init_params(config, rng, pretrained=None):
     return params if pretrained is None else apply_var_init(params, pretrained)
 
 
+
+
 def pretrained(config):
-    """The VAR weights to start from (config.model.var_init), or None."""
+    """The VAR weights to start from (config.model.var_init), or None. The sentinels "required"
+    and "none" are train/preflight.py's (the trainer checks them before anything is built;
+    a direct caller with "required" gets the same line here)."""
     var_dir = config["model"].get("var_init", None)
-    return read_var_init(var_dir, config["model"]) if var_dir else None
+    if var_dir == VAR_INIT_REQUIRED:
+        raise InputError(VAR_INIT_MISSING)
+    if not var_dir or var_dir == VAR_INIT_NONE:
+        return None
+    return read_var_init(var_dir, config["model"])
 
 
 # ----------------------------------------------------------------------------- frozen parts
@@ -111,6 +120,10 @@ class Frozen:
         return build_tokenizer(dict(self.tokenizer_config))
 
 
+def si_on(mc) -> bool:
+    return bool(int(mc.si_layer)) and float(mc.si_weight) > 0
+
+
 def load_frozen(config) -> Frozen:
     mc = config["model"]
     dino_params = None
@@ -131,7 +144,7 @@ def load_frozen(config) -> Frozen:
 
 
 def _tokens_and_inputs(mc, batch, frozen):
-    """Per modality (flat tokens (B, Σpn²), VAR inputs (B, Σpn²-1, Cvae))."""
+    """Per modality (flat tokens (B, Σpn²), VAR inputs (B, Σpn²-1, Cvae), K token maps)."""
     if frozen is None or frozen.tokenizer is None:
         raise InputError("the EarthMapper loss needs frozen=Frozen(tokenizer params, ...) "
                          "(see load_frozen)")
@@ -148,25 +161,33 @@ def _tokens_and_inputs(mc, batch, frozen):
         else:
             raise InputError(f"batch has neither {m}_tokens nor {m}_image")
         tf = jax.lax.stop_gradient(tok.apply(tp, idx, method=VQVAE.teacher_forcing_inputs))
-        out.append((flat, tf))
+        out.append((flat, tf, idx))
     return out
 
 
-def _si_targets(mc, batch, frozen):
-    """SI targets per half (B, Σpn², D) for sat and map."""
+def _si_targets(mc, batch, frozen, token_maps):
+    """SI targets per half (B, Σpn², D) for sat and map: stored with the batch, or computed
+    with frozen DINOv2 (the reconstruction targets from the token maps, the image targets
+    from the images)."""
     out = []
-    for m in MODALITIES:
+    target = mc.get("si_target", "image")
+    for m, idx in zip(MODALITIES, token_maps):
         if f"{m}_sem" in batch:
-            grid = jnp.asarray(batch[f"{m}_sem"], jnp.float32)
+            out.append(semantic.as_targets(batch[f"{m}_sem"], mc.patch_nums))
+            continue
+        if frozen is None or frozen.dinov2 is None or (target == "image" and f"{m}_image" not in batch):
+            raise InputError(  # train/preflight.py stops this at start-up; direct callers land here
+                f"SI is on (si_weight={mc.si_weight}) but the batch has no {m}_sem targets and "
+                "no DINOv2 params to compute them; set config.model.si_dinov2 or precompute the "
+                "targets (earthmapper prepare tokens --si-dinov2)")
+        dino = DinoV2(**DINOV2_VARIANTS[mc.si_encoder])
+        size = int(mc.si_image_size)
+        if target == "reconstruction":
+            out.append(semantic.reconstruction_targets(frozen.tokenizer_module(), frozen.tokenizer, idx,
+                                                       dino, frozen.dinov2, mc.patch_nums, size))
         else:
-            if frozen is None or frozen.dinov2 is None or f"{m}_image" not in batch:
-                raise InputError(
-                    f"SI is on (si_weight={mc.si_weight}) but the batch has no {m}_sem grid and "
-                    "no DINOv2 params/image to compute it; set config.model.si_dinov2 or "
-                    "precompute the targets (semantic.precompute_grids)")
-            dino = DinoV2(**DINOV2_VARIANTS[mc.si_encoder])
-            grid = semantic.dinov2_grid(dino, frozen.dinov2, batch[f"{m}_image"], int(mc.si_image_size))
-        out.append(semantic.targets_from_grid(grid, mc.patch_nums))
+            grid = semantic.dinov2_grid(dino, frozen.dinov2, batch[f"{m}_image"], size)
+            out.append(semantic.targets_from_grid(grid, mc.patch_nums))
     return out
 
 
@@ -176,7 +197,7 @@ def loss_fn(params, batch, rng, config, frozen=None):
     module = em.build(mc)
     pn = tuple(int(p) for p in mc.patch_nums)
     directed_rate = float(mc.get("directed_rate", 0.0))
-    (sat_flat, tf_sat), (map_flat, tf_map) = _tokens_and_inputs(mc, batch, frozen)
+    (sat_flat, tf_sat, sat_idx), (map_flat, tf_map, map_idx) = _tokens_and_inputs(mc, batch, frozen)
     B = sat_flat.shape[0]
     coords = jnp.asarray(batch["coords"], jnp.float32)
 
@@ -225,8 +246,8 @@ def loss_fn(params, batch, rng, config, frozen=None):
         metrics[f"acc_scale_{k}"] = masked_mean(correct, sel)
 
     loss = ce
-    if int(mc.si_layer) and float(mc.si_weight) > 0:
-        t_sat, t_map = _si_targets(mc, batch, frozen)
+    if si_on(mc):
+        t_sat, t_map = _si_targets(mc, batch, frozen, (sat_idx, map_idx))
         per_tok = semantic.per_token_loss(si_pred, to_joint(t_sat, t_map, pn), mc.si_loss)
         si, _ = semantic.scale_mean(per_tok, lay["scale"], len(pn), keep)
         metrics["si_loss"] = si

@@ -24,6 +24,13 @@ import pathlib
 from earthmapper_jax.errors import CheckpointError, DataError, InputError
 from earthmapper_jax.io.model_dir import read_config
 
+# config.model.var_init sentinels: a config that starts from VAR weights (the paper's) says
+# "required" until a directory is given; "none" trains from scratch on purpose.
+VAR_INIT_REQUIRED, VAR_INIT_NONE = "required", "none"
+VAR_INIT_MISSING = ("config.model.var_init is not set, and this config starts from VAR weights "
+                    "(the paper): pass --config.model.var_init=DIR (from `earthmapper convert "
+                    "var`), or --config.model.var_init=none to train from scratch")
+
 # (model field, tokenizer field, what it is)
 _SHARED_FIELDS = (("vocab_size", "vocab_size", "codebook size"),
                   ("cvae", "z_channels", "latent width"),
@@ -50,6 +57,10 @@ def check_earthmapper(config) -> list[str]:
     except CheckpointError as e:
         raise CheckpointError(f"--config.model.tokenizer_dir: {e}") from None
     var_dir = mc.get("var_init", "") or ""
+    if var_dir == VAR_INIT_REQUIRED:
+        raise InputError(VAR_INIT_MISSING)
+    if var_dir == VAR_INIT_NONE:
+        var_dir = ""
     for mine, theirs, what in _SHARED_FIELDS:
         have, want = _norm(mc[mine]), _norm(tok[theirs])
         if have == want:
@@ -74,15 +85,34 @@ def check_earthmapper(config) -> list[str]:
     manifest = {}
     if tokens_dir and "://" not in str(tokens_dir):
         manifest = _check_tokens(tokens_dir, config.data.split, tok, tok_dir)
-    si_on = int(mc.get("si_layer", 0)) and float(mc.get("si_weight", 0.0)) > 0
-    if si_on and not mc.get("si_dinov2", "") and not (tokens_dir and (
-            manifest.get("semantic") or "://" in str(tokens_dir))):
-        raise InputError(
-            f"Semantic Infusion is on (config.model.si_weight={mc.si_weight}) but its DINOv2 "
-            "targets have no source: pass --config.model.si_dinov2=DINOV2.pth, or tokenise with "
-            "`earthmapper prepare tokens --si-dinov2 DINOV2.pth`, or set "
-            "--config.model.si_weight=0")
+    check_si_sources(config, manifest)
     return notes
+
+
+def check_si_sources(config, manifest=None) -> None:
+    """SI needs DINOv2 weights (config.model.si_dinov2) or targets of its kind
+    (config.model.si_target) precomputed in the token shards (`earthmapper prepare tokens
+    --si-dinov2`). `manifest`: the token split's manifest when the caller has read it."""
+    mc = config["model"]
+    if not (int(mc.get("si_layer", 0)) and float(mc.get("si_weight", 0.0)) > 0):
+        return
+    if mc.get("si_dinov2", None):
+        return
+    target = mc.get("si_target", "image")
+    tokens_dir = config["data"].get("tokens_dir", None) if "data" in config else None
+    if tokens_dir and "://" in str(tokens_dir):
+        return  # remote shards: their manifest is read by the pipeline, at its start
+    stored = (manifest or {}).get("semantic") or {}
+    if tokens_dir and stored and stored.get("target", "image") == target:
+        return
+    where = (f"config.data.tokens_dir={tokens_dir} holds "
+             f"{'no SI targets' if not stored else repr(stored.get('target', 'image')) + ' SI targets'}"
+             if tokens_dir else "the training data are images")
+    raise InputError(
+        f"Semantic Infusion is on (config.model.si_weight={mc.si_weight}, si_target={target!r}) but "
+        f"config.model.si_dinov2 is not set and {where}: pass --config.model.si_dinov2=PATH "
+        f"(an official DINOv2 .pth), precompute the targets with `earthmapper prepare tokens "
+        f"--si-dinov2 PATH --si-target {target}`, or turn SI off with --config.model.si_weight=0")
 
 
 def _check_tokens(tokens_dir, split, tok, tok_dir) -> dict:
