@@ -4,6 +4,8 @@ window, with the georeferencing that gives every tile the lat/lon of its centre 
     open_scene(path, coords=None) -> Scene      InputError (one line) for what cannot be used
     Scene.read(y0, x0, size) -> uint8 (size, size, 3); windows past the edge repeat the edge
     Scene.centres(points) -> (N, 2) (lat, lon) of scene pixel positions (x, y) (sub-pixel)
+    latlon(crs, transform, cols, rows) -> (N, 2) (lat, lon)     any raster's pixel positions
+    read_raster(path) -> (pixels, crs | None, transform | None)  a whole small raster (tiles)
     stretch_range(a) / stretch(a, lo, hi)      the 2-98 percentile stretch of 16-bit / float
                                                rasters to uint8 (the one `prepare` applies)
     write_geotiff(path, height, width, crs, transform, blocks)   atomic, tiled, deflate
@@ -76,9 +78,25 @@ class Scene:
         pts = np.asarray(points, np.float64).reshape(-1, 2)
         if self.transform is None:
             return np.tile(np.asarray(self.coords, np.float64), (len(pts), 1))
-        xs, ys = _apply(self.transform, pts[:, 0], pts[:, 1])
-        lon, lat = _to_wgs84(self.crs)(xs, ys)
-        return np.stack([lat, lon], 1)
+        return latlon(self.crs, self.transform, pts[:, 0], pts[:, 1])
+
+
+def latlon(crs: CRS, transform: Affine, cols, rows) -> np.ndarray:
+    """(N, 2) (lat, lon) of pixel positions (column, row) of a raster (pixel-corner convention)."""
+    xs, ys = _apply(transform, np.asarray(cols, np.float64), np.asarray(rows, np.float64))
+    lon, lat = _to_wgs84(crs)(xs, ys)
+    return np.stack([np.atleast_1d(lat), np.atleast_1d(lon)], 1)
+
+
+def read_raster(path):
+    """A whole small raster: (pixels (H, W, bands) in its own dtype, crs, transform); crs and
+    transform are None without georeferencing. For tiles (data_prep); scenes use open_scene."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as ds:
+            a = np.moveaxis(ds.read(), 0, -1)
+            georef = ds.crs is not None and not ds.transform.is_identity
+            return a, (ds.crs if georef else None), (ds.transform if georef else None)
 
 
 def _apply(t: Affine, cols: np.ndarray, rows: np.ndarray):
