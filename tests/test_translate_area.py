@@ -4,7 +4,8 @@
   1e-7° of an independent pyproj computation;
 - the plan: blocks tile the scene exactly, a tile's context comes from earlier steps, tiles of
   one wave never overlap; seam weights;
-- the CLI: output GeoTIFF with the input's CRS and transform + PNG preview; XYZ in and out;
+- the CLI: output GeoTIFF with the input's CRS and transform + PNG preview (16-bit stretched;
+  --gsd resampled); XYZ in and out;
   bad input one line each; killed mid-scene and rerun = the uninterrupted output.
 """
 
@@ -146,6 +147,13 @@ def test_translate_area_geotiff_roundtrip_and_preview(cli, tmp_path, capsys):
     assert cli(src16, "--direction", "sat2map", "--out", tmp_path / "m16.tif", "--seam", "blend", *FAST) == 0
     with rasterio.open(tmp_path / "m16.tif") as b:
         assert b.crs == CRS.from_epsg(3857) and b.shape == (40, 40)
+    # a 1.2 m/px scene resampled to the model's 0.6 m/px: twice the pixels, same extent
+    src12 = _write_tif(tmp_path / "s12.tif", _scene_pixels(20, 24), CRS.from_epsg(3857),
+                       from_origin(12946000.0, 4858000.0, 1.2, 1.2))
+    assert cli(src12, "--direction", "sat2map", "--out", tmp_path / "m12.tif", "--seam", "none", "--gsd", "1.2",
+               *FAST) == 0
+    with rasterio.open(tmp_path / "m12.tif") as b:
+        assert b.shape == (40, 48) and b.transform == from_origin(12946000.0, 4858000.0, 0.6, 0.6)
 
 
 def test_translate_area_xyz_in_and_out(cli, tmp_path):

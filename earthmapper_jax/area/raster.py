@@ -1,7 +1,9 @@
 """Scenes for area translation: a GeoTIFF (rasterio) or a folder of XYZ tiles, read window by
 window, with the georeferencing that gives every tile the lat/lon of its centre (pyproj).
 
-    open_scene(path, coords=None) -> Scene      InputError (one line) for what cannot be used
+    open_scene(path, coords=None, tile=0, scale=1.0) -> Scene
+        InputError (one line) for what cannot be used; scale != 1 resamples a GeoTIFF window
+        by window (GDAL warped VRT, bilinear) to the model's ground resolution
     Scene.read(y0, x0, size) -> uint8 (size, size, 3); windows past the edge repeat the edge
     Scene.centres(points) -> (N, 2) (lat, lon) of scene pixel positions (x, y) (sub-pixel)
     latlon(crs, transform, cols, rows) -> (N, 2) (lat, lon)     any raster's pixel positions
@@ -26,8 +28,10 @@ import numpy as np
 import pyproj
 import rasterio
 from rasterio.crs import CRS
+from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import Affine
+from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from earthmapper_jax.data_prep import xyz
@@ -128,13 +132,16 @@ def _check_crs(name: str, crs: CRS, transform: Affine, height: int, width: int) 
                          "extent; reproject it first")
 
 
-def open_scene(path, coords=None, tile: int = 0) -> Scene:
+def open_scene(path, coords=None, tile: int = 0, scale: float = 1.0) -> Scene:
     """A GeoTIFF file or an XYZ folder (z/x/y.png at one zoom) as a Scene. `coords` (lat, lon)
-    stands in for missing georeferencing; `tile` (pixels) is the smallest usable side."""
+    stands in for missing georeferencing; `tile` (pixels) is the smallest usable side; `scale`
+    resamples a GeoTIFF (output pixels per input pixel: scene GSD / model GSD)."""
     p = pathlib.Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file or folder (expected a GeoTIFF or an XYZ folder z/x/y.png)")
-    scene = _open_xyz(p) if p.is_dir() else _open_geotiff(p, coords)
+    if p.is_dir() and scale != 1.0:
+        raise InputError(f"{p}: --gsd resampling is for GeoTIFF scenes, not XYZ folders")
+    scene = _open_xyz(p) if p.is_dir() else _open_geotiff(p, coords, scale)
     if scene.height < tile or scene.width < tile:
         scene.close()
         raise InputError(f"{p}: scene is {scene.width}×{scene.height} px, smaller than one "
@@ -142,38 +149,52 @@ def open_scene(path, coords=None, tile: int = 0) -> Scene:
     return scene
 
 
-def _open_geotiff(p: pathlib.Path, coords) -> Scene:
+def _open_geotiff(p: pathlib.Path, coords, scale: float) -> Scene:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             ds = rasterio.open(p)
     except rasterio.errors.RasterioIOError as e:
         raise InputError(f"{p}: not a readable raster ({str(e).splitlines()[0]})") from None
-    name = str(p)
+    name, src = str(p), ds
     try:
         if ds.count not in (3, 4):
             raise InputError(f"{name}: {ds.count} band(s); expected 3 (RGB) or 4 (RGBA, alpha ignored)")
         georef = ds.crs is not None and not ds.transform.is_identity
         if not georef and coords is None:
             raise InputError(f"{name}: not georeferenced (no CRS/geotransform); give --coords LAT,LON")
-        crs, transform = (ds.crs, ds.transform) if georef else (None, None)
+        if scale != 1.0:
+            if not georef:
+                raise InputError(f"{name}: --gsd resampling needs a georeferenced scene")
+            # GDAL resamples each window as it is read: the scene is never held whole
+            src = WarpedVRT(ds, crs=ds.crs, transform=ds.transform @ Affine.scale(1 / scale),
+                            width=max(1, round(ds.width * scale)), height=max(1, round(ds.height * scale)),
+                            resampling=Resampling.bilinear)
+        crs, transform = (src.crs, src.transform) if georef else (None, None)
         if georef:
-            _check_crs(name, crs, transform, ds.height, ds.width)
+            _check_crs(name, crs, transform, src.height, src.width)
         lohi = None
         if ds.dtypes[0] != "uint8":
-            f = max(1, math.ceil(max(ds.height, ds.width) / STATS_SIDE))
-            small = ds.read((1, 2, 3), out_shape=(3, max(1, ds.height // f), max(1, ds.width // f)))
+            f = max(1, math.ceil(max(src.height, src.width) / STATS_SIDE))
+            small = src.read((1, 2, 3), out_shape=(3, max(1, src.height // f), max(1, src.width // f)))
             lohi = stretch_range(small)
     except Exception:
+        if src is not ds:
+            src.close()
         ds.close()
         raise
 
     def read(y0, x0, h, w):
-        a = ds.read((1, 2, 3), window=Window(x0, y0, w, h))
+        a = src.read((1, 2, 3), window=Window(x0, y0, w, h))
         a = np.moveaxis(a, 0, -1)
         return stretch(a, *lohi) if lohi else np.ascontiguousarray(a)
 
-    return Scene(name, ds.height, ds.width, crs, transform, read, coords=coords, close=ds.close)
+    def close():
+        if src is not ds:
+            src.close()
+        ds.close()
+
+    return Scene(name, src.height, src.width, crs, transform, read, coords=coords, close=close)
 
 
 def _open_xyz(p: pathlib.Path) -> Scene:

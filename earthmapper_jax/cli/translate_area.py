@@ -5,8 +5,10 @@
 SCENE is a GeoTIFF (EPSG:4326, EPSG:3857, a UTM zone or any CRS pyproj can take to lat/lon;
 3 or 4 bands, 8-bit, or 16-bit / float stretched 2-98 % as `prepare` does) or a folder of XYZ
 tiles z/x/y.png (one zoom). OUT ending in .tif/.tiff gets a GeoTIFF with the scene's CRS and
-transform plus OUT.png (a preview); any other OUT (XYZ input only) a folder z/x/y.png on the
-input's grid. A run killed part-way resumes from OUT.parts/ when rerun with the same
+transform plus OUT.png (a preview); any other OUT (XYZ input only) a folder z/x/y.png on
+the input's grid. With --gsd (the scene's metres per pixel, when it differs from the model's
+--model-gsd) the scene is resampled as it is read and the output has the model's resolution
+on the same CRS and extent. A run killed part-way resumes from OUT.parts/ when rerun with the same
 arguments. docs/large_areas.md has the details.
 """
 
@@ -35,6 +37,10 @@ def register(subparsers):
                    help="tile overlap in pixels (default: a quarter of the model's tile)")
     p.add_argument("--coords", default=None, metavar="LAT,LON",
                    help="coordinates for every tile of a scene without georeferencing")
+    p.add_argument("--gsd", type=float, default=None, metavar="M",
+                   help="the scene's metres per pixel, when it differs from --model-gsd: resampled to it")
+    p.add_argument("--model-gsd", type=float, default=0.6, metavar="M",
+                   help="metres per pixel the model was trained at (CNSatMap zoom 19: 0.6)")
     p.add_argument("--no-preview", action="store_true", help="no PNG preview beside a GeoTIFF output")
     # Sampling flags as `translate` has them (to be unified with a shared sampling_args module).
     p.add_argument("--batch-size", type=int, default=8, help="tiles per sampler call")
@@ -82,6 +88,10 @@ def run(args):
     if args.coords:
         coords = tuple(float(v) for v in validate_coords(_numbers(args.coords, 2, "--coords"), 1)[0])
     guidance = _numbers(args.guidance, 3, "--guidance") if args.guidance else None
+    for flag, v in (("--gsd", args.gsd), ("--model-gsd", args.model_gsd)):
+        if v is not None and not v > 0:
+            raise InputError(f"{flag} must be > 0 metres per pixel, got {v}")
+    scale = 1.0 if args.gsd is None or abs(args.gsd / args.model_gsd - 1) < 1e-3 else args.gsd / args.model_gsd
     out = pathlib.Path(args.out)
     to_tiff = out.suffix.lower() in TIFF_SUFFIXES
     preview = out.with_suffix(".png")
@@ -89,7 +99,7 @@ def run(args):
         for p in [out] + ([preview] if to_tiff and not args.no_preview else []):
             if p.exists():
                 raise InputError(f"{p}: exists; pass --overwrite to replace it")
-    scene = raster.open_scene(args.scene, coords)
+    scene = raster.open_scene(args.scene, coords, scale=scale)
     try:
         if not to_tiff and scene.xyz_grid is None:
             raise InputError(f"--out {out}: XYZ output needs an XYZ folder as input; use OUT.tif for a GeoTIFF")
@@ -107,7 +117,7 @@ def run(args):
                        dtype="bfloat16" if args.bf16 else None)
         settings = dict(scene=os.path.abspath(args.scene), size=[scene.height, scene.width],
                         checkpoint=os.path.abspath(args.checkpoint), direction=args.direction,
-                        seam=args.seam, overlap=overlap, seed=args.seed, batch=args.batch_size,
+                        seam=args.seam, overlap=overlap, scale=scale, seed=args.seed, batch=args.batch_size,
                         coords=coords, options=options)
         side = Sidecar(out, settings, discard_other=args.overwrite)
         n = len(plan.tiles())
