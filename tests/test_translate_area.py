@@ -6,7 +6,8 @@
   one wave never overlap; seam weights;
 - the CLI: output GeoTIFF with the input's CRS and transform + PNG preview (16-bit stretched;
   --gsd resampled); XYZ in and out;
-  bad input one line each; killed mid-scene and rerun = the uninterrupted output.
+  bad input one line each; killed mid-scene and rerun = the uninterrupted output (the
+  out-painting case is marked slow: it compiles the in-painting sampler, ~30 s CPU more).
 """
 
 import jax
@@ -134,7 +135,7 @@ def test_translate_area_geotiff_roundtrip_and_preview(cli, tmp_path, capsys):
     tr = from_origin(440000.0, 4422000.0, 0.6, 0.6)
     src = _write_tif(tmp_path / "scene.tif", _scene_pixels(56, 72), CRS.from_epsg(32650), tr)
     out = tmp_path / "map.tif"
-    assert cli(src, "--direction", "sat2map", "--out", out, *FAST) == 0
+    assert cli(src, "--direction", "sat2map", "--out", out, "--seam", "none", *FAST) == 0
     with rasterio.open(src) as a, rasterio.open(out) as b:
         assert b.crs == a.crs and b.transform == a.transform
         assert (b.height, b.width, b.count, b.dtypes[0]) == (56, 72, 3, "uint8")
@@ -204,17 +205,21 @@ def test_bad_input_one_line(cli, tmp_path, capsys, case):
             assert b.crs is None and b.shape == (40, 40)
 
 
-def test_killed_and_rerun_is_identical(cli, tmp_path, monkeypatch):
+@pytest.mark.parametrize("seam", ["none", pytest.param("outpaint", marks=pytest.mark.slow)])
+def test_killed_and_rerun_is_identical(cli, tmp_path, monkeypatch, seam):
+    """outpaint (slow: compiles the in-painting sampler) is the mode where it matters: a
+    resumed tile's canvas comes from tiles reloaded from the sidecar."""
     tr = from_origin(12946000.0, 4858000.0, 0.6, 0.6)
     src = _write_tif(tmp_path / "scene.tif", _scene_pixels(56, 96), CRS.from_epsg(3857), tr)
-    args = [src, "--direction", "sat2map", *FAST, "--seed", "7"]
+    args = [src, "--direction", "sat2map", *FAST, "--seed", "7", "--seam", seam]
     assert cli(*args, "--out", tmp_path / "whole.tif") == 0
 
     real_mark = Sidecar.mark
+    stop = 1 if seam == "none" else 3  # of 2 raster steps / 6 waves
 
     def killed(self, steps_done):
         real_mark(self, steps_done)
-        if steps_done == 3:
+        if steps_done == stop:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(Sidecar, "mark", killed)
@@ -225,8 +230,8 @@ def test_killed_and_rerun_is_identical(cli, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(Sidecar, "save_tile", lambda self, r, c, px, f=Sidecar.save_tile: (calls.append((r, c)), f(self, r, c, px)))
     assert cli(*args, "--out", tmp_path / "resumed.tif") == 0
-    plan = Plan(56, 96, T, 8)
-    assert len(calls) == len(plan.tiles()) - sum(len(s) for s in plan.steps(4)[:3])  # continued, not restarted
+    plan = Plan(56, 96, T, 8, seam)
+    assert len(calls) == len(plan.tiles()) - sum(len(s) for s in plan.steps(4)[:stop])  # continued, not restarted
     with rasterio.open(tmp_path / "whole.tif") as a, rasterio.open(tmp_path / "resumed.tif") as b:
         assert np.array_equal(a.read(), b.read())
     # other settings on a stale sidecar: one line, unless --overwrite
