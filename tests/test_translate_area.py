@@ -30,7 +30,6 @@ from earthmapper_jax.data.synthetic_city import make_pair
 from earthmapper_jax.errors import InputError
 from earthmapper_jax.io.checkpoint import save_params
 from earthmapper_jax.models import earthmapper as em
-from earthmapper_jax.models.loading import Model
 
 TOK_CFG = dict(ch=32, vocab_size=512, z_channels=8, image_size=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1,
                using_sa=False, using_mid_sa=False, patch_nums=(1, 2, 4))
