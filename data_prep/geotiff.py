@@ -1,96 +1,43 @@
-"""GeoTIFF tiles: pixels and the WGS84 centre from the GeoTIFF tags, read with `tifffile`.
-
-Supported georeferencing: ModelPixelScale + ModelTiepoint, or ModelTransformation, in
-EPSG:4326 (geographic degrees) or EPSG:3857 (Web Mercator metres; also 900913/3785/102100/102113).
+"""GeoTIFF tiles: pixels and the WGS84 centre, read with rasterio + pyproj (the readers
+`translate-area` uses, earthmapper_jax/area/raster.py): any CRS pyproj takes to lat/lon.
+`write_geotiff` (fixtures, exports) writes EPSG:4326 / 3857 tags with `tifffile`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from earthmapper_jax.data_prep import xyz
-
 TAG_PIXEL_SCALE = 33550
 TAG_TIEPOINT = 33922
-TAG_TRANSFORMATION = 34264
 TAG_GEOKEYS = 34735
 KEY_MODEL_TYPE, KEY_RASTER_TYPE, KEY_GEOGRAPHIC, KEY_PROJECTED = 1024, 1025, 2048, 3072
-WEB_MERCATOR_CODES = {3857, 900913, 3785, 102100, 102113}
 GEOGRAPHIC_CODES = {4326}
 
 
-class GeoTiffError(ValueError):
-    """The file has no usable georeferencing (the message says why)."""
-
-
-def _geokeys(value) -> dict[int, int]:
-    v = [int(x) for x in value]
-    keys = {}
-    for i in range(v[3]):
-        key, loc, _count, val = v[4 + 4 * i: 8 + 4 * i]
-        if loc == 0:  # value stored inline (the only kind we need)
-            keys[key] = val
-    return keys
-
-
-def centre_from_tags(tags: dict, width: int, height: int) -> tuple[float, float]:
-    """(lat, lon) of the image centre from raw GeoTIFF tag values {code: value}."""
-    keys = _geokeys(tags[TAG_GEOKEYS]) if TAG_GEOKEYS in tags else {}
-    code = keys.get(KEY_PROJECTED) or keys.get(KEY_GEOGRAPHIC)
-    model = keys.get(KEY_MODEL_TYPE)
-    if code is None:
-        code = 4326 if model == 2 else None
-    if code not in WEB_MERCATOR_CODES | GEOGRAPHIC_CODES:
-        raise GeoTiffError(f"unsupported CRS EPSG:{code} (supported: EPSG:4326, EPSG:3857)")
-    # Pixel centre of the image in raster space; PixelIsPoint rasters put (0, 0) on a pixel centre.
-    i, j = width / 2.0, height / 2.0
-    if keys.get(KEY_RASTER_TYPE) == 2:
-        i, j = i - 0.5, j - 0.5
-    if TAG_TRANSFORMATION in tags:
-        m = np.asarray(tags[TAG_TRANSFORMATION], np.float64).reshape(4, 4)
-        x, y = m[0, 0] * i + m[0, 1] * j + m[0, 3], m[1, 0] * i + m[1, 1] * j + m[1, 3]
-    elif TAG_PIXEL_SCALE in tags and TAG_TIEPOINT in tags:
-        sx, sy = float(tags[TAG_PIXEL_SCALE][0]), float(tags[TAG_PIXEL_SCALE][1])
-        ti, tj, _, tx, ty, _ = (float(v) for v in tags[TAG_TIEPOINT][:6])
-        x, y = tx + (i - ti) * sx, ty - (j - tj) * sy
-    else:
-        raise GeoTiffError("no ModelPixelScale+ModelTiepoint or ModelTransformation tag")
-    if code in WEB_MERCATOR_CODES:
-        return xyz.mercator_to_latlon(x, y)
-    return float(y), float(x)
-
-
-def _to_rgb_uint8(a: np.ndarray, axes: str) -> np.ndarray:
-    if "S" in axes and axes.index("S") < axes.index("Y"):  # planar: (S, Y, X)
-        a = np.moveaxis(a, axes.index("S"), -1)
-    a = np.squeeze(a)
-    if a.ndim == 2:
-        a = np.repeat(a[..., None], 3, axis=2)
-    a = a[..., :3]
-    if a.shape[-1] < 3:
-        a = np.concatenate([a, np.repeat(a[..., -1:], 3 - a.shape[-1], axis=2)], axis=2)
-    if a.dtype != np.uint8:
-        # Deeper rasters (uint16 sensors, float reflectance): a 2-98 percentile stretch.
-        a = a.astype(np.float64)
-        lo, hi = np.nanpercentile(a, 2), np.nanpercentile(a, 98)
-        a = np.clip((a - lo) / max(hi - lo, 1e-12) * 255.0, 0, 255)
-        a = np.nan_to_num(a).astype(np.uint8)
-    return np.ascontiguousarray(a)
-
-
 def read_geotiff(path) -> tuple[np.ndarray, tuple[float, float] | None, str]:
-    """(uint8 (H, W, 3) image, (lat, lon) or None, why-not message or "")."""
-    import tifffile  # optional dependency (extra "geo"): only GeoTIFF tiles need it
+    """(uint8 (H, W, 3) image, (lat, lon) of its centre or None, why-not message or "")."""
+    # The geo extra (rasterio, pyproj), imported here: only GeoTIFF tiles need it, and
+    # `earthmapper prepare` of PNG/JPEG folders must run without it.
+    import pyproj
 
-    with tifffile.TiffFile(str(path)) as tif:
-        page = tif.pages[0]
-        tags = {t.code: t.value for t in page.tags.values()}
-        image = _to_rgb_uint8(page.asarray(), page.axes)
+    from earthmapper_jax.area import raster
+
+    a, crs, transform = raster.read_raster(path)
+    if a.shape[-1] < 3:  # grey (+ alpha): the first band repeated
+        a = np.repeat(a[..., :1], 3, axis=2)
+    image = a[..., :3]
+    if image.dtype != np.uint8:  # uint16 sensors, float reflectance: 2-98 percentile stretch
+        image = raster.stretch(image, *raster.stretch_range(image))
+    image = np.ascontiguousarray(image)
+    if crs is None:
+        return image, None, "not georeferenced (no CRS / geotransform)"
     try:
-        centre = centre_from_tags(tags, image.shape[1], image.shape[0])
-        return image, centre, ""
-    except (GeoTiffError, KeyError, IndexError, ValueError, TypeError) as e:
-        return image, None, str(e)
+        lat, lon = raster.latlon(crs, transform, [a.shape[1] / 2.0], [a.shape[0] / 2.0])[0]
+    except pyproj.exceptions.ProjError as e:
+        return image, None, f"CRS {crs.to_string()} cannot be transformed to lat/lon ({e})"
+    if not (np.isfinite(lat) and np.isfinite(lon) and abs(lat) <= 90):
+        return image, None, f"CRS {crs.to_string()} gives no valid lat/lon for the centre"
+    return image, (float(lat), float(lon)), ""
 
 
 def write_geotiff(path, image: np.ndarray, bounds: tuple[float, float, float, float], epsg: int = 4326) -> None:

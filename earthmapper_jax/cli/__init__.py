@@ -10,11 +10,12 @@ import os
 import sys
 
 from earthmapper_jax.cli import (convert, evaluate, inspect_cmd, plot, prepare, reconstruct, train,
-                                 translate)
+                                 translate, translate_area)
 from earthmapper_jax.errors import EarthMapperError, print_error_line
 
 # In `earthmapper --help` order.
-SUBCOMMANDS = (prepare, inspect_cmd, convert, reconstruct, train, translate, evaluate, plot)
+SUBCOMMANDS = (prepare, inspect_cmd, convert, reconstruct, train, translate, translate_area,
+               evaluate, plot)
 
 
 def build_parser():
