@@ -107,8 +107,16 @@ def test_earthmapper_adapter_runs_every_branch():
     nll = C.teacher_forced(fn, coords, *same, batch_size=6)
     for d in C.DIRECTIONS:
         np.testing.assert_allclose(nll[d]["shuffled"], nll[d]["real"], atol=1e-5)
-    gains = C.batch_gains(fn, coords, sat, mp)
+    # the eval hook's traced batch figures agree with the host-side ones
+    tok_module = build_tokenizer(tcfg)
+    logits_of = lambda s, m, cm, null: C.earthmapper_target_logits(  # noqa: E731
+        em.build(mc), params, tok_module, tok_params, coords, s, m, cm, null)
+    gains = jax.jit(lambda s, m: C.traced_gains(logits_of, s, m))(sat, mp)
     assert set(gains) == {f"cond_gain{x}_{d}" for x in ("", "_none") for d in C.DIRECTIONS}
+    nll = C.teacher_forced(fn, coords, sat, mp, batch_size=6)
+    for d in C.DIRECTIONS:
+        want = nll[d]["shuffled"].mean() - nll[d]["real"].mean()
+        np.testing.assert_allclose(float(gains[f"cond_gain_{d}"]), want, atol=1e-5)
 
 
 def _city(n, size=32, seed=0):
@@ -144,3 +152,20 @@ def test_modality_classifier_is_calibrated_on_real_tiles():
     ts, tm = _city(32, seed=3)
     assert clf.share_right(ts, "sat") >= 0.95 and clf.share_right(tm, "map") >= 0.95
     assert clf.share_right(tm, "sat") <= 0.05
+
+
+def test_training_eval_hook_logs_the_conditioning_gains():
+    import ml_collections
+    from earthmapper_jax.train import earthmapper_task as emt
+    tcfg = dict(ch=32, ch_mult=(1, 1), num_res_blocks=1, using_sa=False, using_mid_sa=False,
+                vocab_size=V, z_channels=4, image_size=8, patch_nums=PNS)
+    mc = em.model_config("tiny", patch_nums=PNS, vocab_size=V, cvae=4, depth=1, embed_dim=32,
+                         num_heads=1, si_layer=0, si_weight=0.0)
+    config = ml_collections.ConfigDict({"model": mc})
+    frozen = emt.Frozen.of(tok_lib.init_params(tcfg, jax.random.key(0)), tcfg)
+    sat, mp, coords = _pairs(4)
+    batch = {"sat_tokens": sat, "map_tokens": mp, "coords": coords}
+    m = jax.jit(lambda p: emt.eval_fn(p, batch, jax.random.key(0), config, frozen))(
+        em.init_params(mc, jax.random.key(1)))
+    for d in C.DIRECTIONS:
+        assert np.isfinite(float(m[f"cond_gain_{d}"])) and np.isfinite(float(m[f"cond_gain_none_{d}"]))

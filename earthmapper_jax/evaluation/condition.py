@@ -25,13 +25,14 @@ The model interface is a plain function, so constructed models can be measured t
     logits_fn(coords, sat_flat, map_flat, cond_m, null_cond) -> target-half logits (B, Σpn², V)
         flat tokens (B, Σpn²) int32 of both halves (the target's for teacher forcing), cond_m
         the condition's modality (SAT/MAP, static), null_cond: use the null branch
-    earthmapper_logits_fn(module, params, tok_module, tok_params) adapts an EarthMapper (it
-        trains translation rows when directed_rate > 0, and is then measured in them, as
-        `translate` samples).
+    earthmapper_logits_fn(module, params, tok_module, tok_params, directed) adapts an
+        EarthMapper (with directed_rate > 0 it trains translation rows, and is measured in
+        them, as `translate` samples); earthmapper_target_logits is its traceable core
 
     teacher_forced(logits_fn, coords, sat_flat, map_flat, patch_nums) -> per-tile NLL arrays
     condition_report(nll, patch_nums, train_tokens=None) -> the dict of figures
     meets_target(report, min_scale=1) -> (ok, reasons)   the issue's teacher-forced target
+    traced_gains(target_logits, sat_flat, map_flat)     one batch, traceable (training eval)
 """
 
 from __future__ import annotations
@@ -69,33 +70,59 @@ def bootstrap_ci(per_tile, n: int = BOOTSTRAP, seed: int = 0, level: float = 0.9
 # ----------------------------------------------------------------------------- teacher-forced
 
 
+def earthmapper_target_logits(module, params, tok_module, tok_params, coords, sat_flat, map_flat,
+                              cond_m: int, null_cond, directed: bool = True):
+    """Traceable: target-half logits (B, Σpn², V) of an EarthMapper module given both halves'
+    flat tokens, the condition's modality cond_m (static) and null_cond (bool, traced ok)."""
+    pns = tuple(module.patch_nums)
+    tp = {"params": tok_params}
+    tf = [tok_module.apply(tp, split_tokens(f, pns), method="teacher_forcing_inputs")
+          for f in (sat_flat, map_flat)]
+    B = sat_flat.shape[0]
+    null = [None, None]
+    null[cond_m] = jnp.full((B,), null_cond)
+    kw = {}
+    if directed:
+        kw = dict(ids_sat=sat_flat, ids_map=map_flat, direction=jnp.full((B,), cond_m, jnp.int32))
+    logits, _ = module.apply({"params": params}, jnp.asarray(coords, jnp.float32), tf[0], tf[1],
+                             null_sat=null[0], null_map=null[1], **kw)
+    return from_joint(logits, pns)[1 - cond_m]
+
+
 def earthmapper_logits_fn(module, params, tok_module, tok_params, directed: bool = True) -> Callable:
     """logits_fn of an EarthMapper module (module doc); directed: it trained translation rows
     (directed_rate > 0), so it translates in them. Jitted once per condition modality."""
-    pns = tuple(module.patch_nums)
+    def run(params, tok_params, coords, sat_flat, map_flat, cond_m, null_cond):
+        return earthmapper_target_logits(module, params, tok_module, tok_params, coords, sat_flat,
+                                         map_flat, cond_m, null_cond, directed)
 
-    def run(params, tok_params, coords, sat_flat, map_flat, null_cond, cond_m):
-        tp = {"params": tok_params}
-        tf = [tok_module.apply(tp, split_tokens(f, pns), method="teacher_forcing_inputs")
-              for f in (sat_flat, map_flat)]
-        B = sat_flat.shape[0]
-        null = [None, None]
-        null[cond_m] = jnp.full((B,), null_cond)
-        kw = {}
-        if directed:
-            kw = dict(ids_sat=sat_flat, ids_map=map_flat,
-                      direction=jnp.full((B,), cond_m, jnp.int32))
-        logits, _ = module.apply({"params": params}, jnp.asarray(coords, jnp.float32), tf[0], tf[1],
-                                 null_sat=null[0], null_map=null[1], **kw)
-        return from_joint(logits, pns)[1 - cond_m]
-
-    jitted = jax.jit(run, static_argnums=(6,))
+    jitted = jax.jit(run, static_argnums=(5,))
 
     def logits_fn(coords, sat_flat, map_flat, cond_m, null_cond):
         return jitted(params, tok_params, coords, jnp.asarray(sat_flat, jnp.int32),
-                      jnp.asarray(map_flat, jnp.int32), bool(null_cond), int(cond_m))
+                      jnp.asarray(map_flat, jnp.int32), int(cond_m), bool(null_cond))
 
     return logits_fn
+
+
+def traced_gains(target_logits, sat_flat, map_flat) -> dict:
+    """Traceable batch figures for the training eval hook (no CI): per direction the mean
+    conditioning gain over all target tokens (cond_gain_<dir>) and the gain over the null
+    branch (cond_gain_none_<dir>). target_logits(sat, map, cond_m, null_cond) -> (B, Σpn², V)."""
+    out = {}
+    for d, (cm, tm) in DIRECTIONS.items():
+        halves = [sat_flat, map_flat]
+        ce = {}
+        for branch in BRANCHES:
+            h = list(halves)
+            if branch == "shuffled":
+                h[cm] = jnp.roll(h[cm], -1, axis=0)  # derangement(B)
+            lg = target_logits(h[0], h[1], cm, branch == "none")
+            logp = jax.nn.log_softmax(lg.astype(jnp.float32), -1)
+            ce[branch] = -jnp.mean(jnp.take_along_axis(logp, halves[tm][..., None], -1))
+        out[f"cond_gain_{d}"] = ce["shuffled"] - ce["real"]
+        out[f"cond_gain_none_{d}"] = ce["none"] - ce["real"]
+    return out
 
 
 def _target_nll(logits, target):
@@ -180,17 +207,6 @@ def meets_target(report: dict, min_scale: int = 1) -> tuple:
             if k >= min_scale and not lo > 0:
                 fails.append((d, k, round(float(lo), 5)))
     return not fails, fails
-
-
-def batch_gains(logits_fn, coords, sat_flat, map_flat) -> dict:
-    """Cheap figures of one batch for the training eval hook: per direction the mean gain and
-    the real-condition CE over all target tokens (no CI)."""
-    nll = teacher_forced(logits_fn, coords, sat_flat, map_flat, batch_size=len(sat_flat))
-    out = {}
-    for d, br in nll.items():
-        out[f"cond_gain_{d}"] = float(br["shuffled"].mean() - br["real"].mean())
-        out[f"cond_gain_none_{d}"] = float(br["none"].mean() - br["real"].mean())
-    return out
 
 
 # ----------------------------------------------------------------------------- decoded samples
