@@ -7,7 +7,7 @@ grids use the sampler's defaults (earthmapper_sampler.sampling_config).
                                 samples with top-k 100, top-p 0.55
     get_config("cnsatmap_d16")  the same recipe at depth 16 (from VAR-d16)
     get_config("nymaps_d16")    the pix2pix New York maps (1096 pairs, no coordinates), d16
-    get_config("tiny")          CPU: tiny model on the synthetic city at 64², minutes
+    (the tiny CPU configs, the small-budget recipe: configs/earthmapper_tiny.py)
 
 Not reported by the paper and taken from VAR's training script: base lr per 256 images
 (1e-4 d16, 8e-5 d24), betas (0.9, 0.95), wd 0.05 with VAR's no-decay list, warm-up 2 epochs
@@ -19,9 +19,7 @@ Run (CNSatMap on 8 GPUs or a TPU pod; data from `earthmapper prepare cnsatmap`, 
         --workdir gs://BUCKET/em_d24 --config.data.tokens_dir=gs://BUCKET/cnsatmap_tokens \
         --config.model.tokenizer_dir=/ckpt/vae --config.model.var_init=/ckpt/var_d24 \
         --config.model.si_dinov2=/ckpt/dinov2_vitb14_pretrain.pth
-Tiny, on a laptop (after `make demo`, or with any tiny tokenizer):
-    python -m earthmapper_jax.main --config configs/earthmapper_train.py:tiny --workdir /tmp/em \
-        --config.data.dir=demo_out/data --config.model.tokenizer_dir=demo_out/tokenizer_run/tokenizer
+Tiny, on a laptop: configs/earthmapper_tiny.py.
 """
 
 import ml_collections
@@ -35,7 +33,6 @@ _VARIANTS = {
     "cnsatmap_d24": ("d24", "cnsatmap", 8e-5, 0.01),
     "cnsatmap_d16": ("d16", "cnsatmap", 1e-4, 0.1),
     "nymaps_d16": ("d16", "nymaps", 1e-4, 0.1),
-    "tiny": ("tiny", "synthetic", 3e-3, 0.1),
 }
 
 
@@ -60,21 +57,6 @@ def get_config(arg=None):
     config.data.augment = True
     config.checkpoint.best_metric = "eval/loss"
     config.checkpoint.best_mode = "min"
-    if arg == "tiny":
-        config.model.si_weight = 0.0   # no DINOv2 weights offline; SI is tested elsewhere
-        config.data.image_size = 64
-        config.batch_size = 8
-        config.total_steps = 300
-        config.optim.warmup_steps = 20
-        config.optim.warmup_epochs = None
-        config.checkpoint.every_steps = 100
-        config.log_every_steps = 10
-        config.eval_every_steps = 100
-        config.eval_batches = 2
-        config.sample_every_steps = 0
-        config.sample_batch_size = 4
-        config.sample_options = ml_collections.ConfigDict({"top_k": 20, "top_p": 0.9})
-        return config
     config.model.dtype = "bfloat16"    # bf16 compute on fp32 master weights
     # config.model.attention stays "auto": cuDNN fused attention on GPU, XLA elsewhere
     config.model.remat = "none"

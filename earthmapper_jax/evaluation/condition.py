@@ -44,8 +44,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from earthmapper_jax.evaluation.pixels import ssim
+from earthmapper_jax.models import earthmapper as em
+from earthmapper_jax.models.earthmapper import coloc_inputs
 from earthmapper_jax.models.layout import MAP, SAT, from_joint
-from earthmapper_jax.scales import scale_offsets, split_tokens
+from earthmapper_jax.models.var_mode import tokenizer_parts
+from earthmapper_jax.sampling import translate
+from earthmapper_jax.scales import flatten_tokens, scale_offsets, split_tokens
 
 DIRECTIONS = {"sat2map": (SAT, MAP), "map2sat": (MAP, SAT)}  # name -> (condition, target)
 BRANCHES = ("real", "shuffled", "none")
@@ -83,7 +87,8 @@ def earthmapper_target_logits(module, params, tok_module, tok_params, coords, sa
     null[cond_m] = jnp.full((B,), null_cond)
     kw = {}
     if directed:
-        kw = dict(ids_sat=sat_flat, ids_map=map_flat, direction=jnp.full((B,), cond_m, jnp.int32))
+        kw = dict(ids_sat=sat_flat, ids_map=map_flat, direction=jnp.full((B,), cond_m, jnp.int32),
+                  **coloc_inputs(module.coloc_cond, tok_module, tok_params, (sat_flat, map_flat), pns))
     logits, _ = module.apply({"params": params}, jnp.asarray(coords, jnp.float32), tf[0], tf[1],
                              null_sat=null[0], null_map=null[1], **kw)
     return from_joint(logits, pns)[1 - cond_m]
@@ -296,3 +301,43 @@ class ModalityClassifier:
         """Share of images the classifier calls `modality` ("sat" / "map")."""
         s = self.is_satellite(images)
         return float(np.mean(s if modality == "sat" else ~s))
+
+
+# ----------------------------------------------------------------------------- everything
+
+
+def evaluate_translation(model, sat_images, map_images, coords, *, train_tokens=None,
+                         classifier: Optional[ModalityClassifier] = None, rng=None,
+                         batch_size: int = 32, **sample_options) -> dict:
+    """Every figure of the module doc for a loaded EarthMapper `Model` on held-out pairs
+    (images in [-1, 1], coords (N, 2)): {"teacher_forced": condition_report, "target": [ok,
+    fails], per direction {"layout_gap", "right_modality"}, "classifier_accuracy"}.
+    train_tokens {"sat", "map"} (n, Σpn²) add the unigram baseline; classifier: calibrated on
+    real tiles (default: fitted on these held-out tiles, its accuracy on every 4th of them)."""
+    pns = tuple(model.config.patch_nums)
+    tok = model.tokenizer
+    enc = lambda x: np.concatenate([np.asarray(flatten_tokens(tok.encode(x[i:i + batch_size])))  # noqa: E731
+                                    for i in range(0, len(x), batch_size)])
+    sat_flat, map_flat = enc(sat_images), enc(map_images)
+    tok_module, tok_params = tokenizer_parts(tok)
+    module = em.build(model.config)
+    directed = float(model.config.get("directed_rate", 0.0)) > 0
+    fn = earthmapper_logits_fn(module, model.params, tok_module, tok_params, directed)
+    nll = teacher_forced(fn, coords, sat_flat, map_flat, batch_size)
+    rep = condition_report(nll, pns, train_tokens, {"sat": sat_flat, "map": map_flat},
+                           int(model.config.vocab_size))
+    out = {"teacher_forced": rep, "target": list(meets_target(rep))}
+    classifier = classifier or ModalityClassifier.fit(sat_images, map_images)
+    out["classifier_accuracy"] = classifier.accuracy
+    rng = jax.random.key(0) if rng is None else rng
+    for d, (src, truth, want) in {"sat2map": (sat_images, map_images, "map"),
+                                  "map2sat": (map_images, sat_images, "sat")}.items():
+        gen = []
+        for i in range(0, len(src), batch_size):
+            rng, key = jax.random.split(rng)
+            gen.append(np.asarray(translate(model, src[i:i + batch_size], d, key,
+                                            coords=coords[i:i + batch_size], **sample_options)[1]))
+        gen = np.concatenate(gen)
+        out[d] = {"layout_gap": layout_gap(gen, truth),
+                  "right_modality": classifier.share_right(gen, want)}
+    return out

@@ -186,11 +186,14 @@ def loss_fn(params, batch, rng, config, frozen=None):
         direction = jnp.where(directed, cond_m, -1)
         skip_sat, skip_map = skip_sat | (direction == SAT), skip_map | (direction == MAP)
 
+    coloc = {} if direction is None else em.coloc_inputs(
+        bool(mc.get("coloc_cond", False)), frozen.tokenizer_module(), frozen.tokenizer,
+        (sat_flat, map_flat), pn)
     logits, si_pred = module.apply(
         {"params": params}, coords, tf_sat, tf_map, drop_geo=drop_geo, null_sat=null_sat,
         null_map=null_map, ids_sat=sat_flat if direction is not None else None,
         ids_map=map_flat if direction is not None else None, direction=direction,
-        deterministic=False, rngs={"dropout": r_drop})
+        deterministic=False, rngs={"dropout": r_drop}, **coloc)
 
     lay = joint_layout(pn)
     targets = to_joint(sat_flat[..., None], map_flat[..., None], pn)[..., 0]
