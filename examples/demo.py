@@ -15,7 +15,7 @@
    with the real one, per direction and scale, 95 % CI), layout gap (SSIM / 8×8 block
    correlation to the own ground truth minus to another tile's) and the share of outputs of
    the right modality (a colour/texture classifier calibrated on real tiles), in
-   WORKDIR/condition.json;
+   OUT/condition.json;
 then the loss curves of both runs (`earthmapper plot`, WORKDIR/plots/curves.png).
 Everything lands under --out; the last lines printed say where. Both trainings run for a
 wall-clock budget (config.max_train_seconds), so the demo takes about the same time on any
@@ -226,6 +226,7 @@ def main(argv=None):
     if "earthmapper" in summary:
         _say(f"  EarthMapper      {em_run / 'model'}  (earthmapper_jax.load)")
         _say(f"  samples          {em_run / 'samples'}")
+        _say(f"  condition use    {out / 'condition.json'}")
     _say(f"  metrics          {'   '.join(str(c.parents[1] / 'metrics.jsonl') for c in curves)}")
     _say(f"  loss curves      {'   '.join(str(c) for c in curves)}  (earthmapper plot WORKDIR)")
     return 0

@@ -169,3 +169,22 @@ def test_training_eval_hook_logs_the_conditioning_gains():
         em.init_params(mc, jax.random.key(1)))
     for d in C.DIRECTIONS:
         assert np.isfinite(float(m[f"cond_gain_{d}"])) and np.isfinite(float(m[f"cond_gain_none_{d}"]))
+
+
+def test_evaluate_translation_gives_every_figure_for_a_loaded_model():
+    from earthmapper_jax.models.loading import Model
+    tcfg = dict(ch=32, ch_mult=(1, 1, 1), num_res_blocks=1, using_sa=False, using_mid_sa=False,
+                vocab_size=V, z_channels=4, image_size=16, patch_nums=PNS)
+    tok = tok_lib.Tokenizer(tok_lib.init_params(tcfg, jax.random.key(0)), tcfg)
+    mc = em.model_config("tiny", patch_nums=PNS, vocab_size=V, cvae=4, depth=1, embed_dim=32,
+                         num_heads=1, si_layer=0, si_weight=0.0, coloc_cond=True)
+    model = Model(mc, em.init_params(mc, jax.random.key(1)), tok)
+    sat, mp = _city(8, size=32)
+    sat, mp = sat[:, ::2, ::2], mp[:, ::2, ::2]  # 16 px tiles for the 16 px tokenizer
+    res = C.evaluate_translation(model, sat, mp, np.zeros((8, 2), np.float32), batch_size=4,
+                                 guidance=(0.0, 0.0, 0.0), top_k=1)
+    assert set(res["teacher_forced"]) == set(C.DIRECTIONS) and len(res["target"]) == 2
+    for d in C.DIRECTIONS:
+        assert set(res[d]["layout_gap"]) == set(C.SIMILARITIES)
+        assert 0.0 <= res[d]["right_modality"] <= 1.0
+    assert 0.0 <= res["classifier_accuracy"] <= 1.0
