@@ -38,9 +38,18 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import learning_check as lc  # noqa: E402
 from earthmapper_jax.cli.train import load_config  # noqa: E402
+from earthmapper_jax.data import token_records as token_data  # noqa: E402
+from earthmapper_jax.data.pipeline import pipeline  # noqa: E402
+from earthmapper_jax.evaluation import condition  # noqa: E402
+from earthmapper_jax.models import earthmapper as em  # noqa: E402
+from earthmapper_jax.models.loading import load  # noqa: E402
+from earthmapper_jax.models.var_mode import tokenizer_parts  # noqa: E402
+from earthmapper_jax.train.trainer import train_and_evaluate  # noqa: E402
 
 PEAK_1E3 = 1e-3 * 256 / 8  # base_lr whose peak is 1e-3 at batch 8 (VAR's base_lr·B/256 rule)
 VARIANTS = {
@@ -64,8 +73,6 @@ XLA_ONE_CORE = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=
 
 
 def _arrays(data_dir, tokens_dir, split="val"):
-    from earthmapper_jax.data import token_records as token_data
-    from earthmapper_jax.data.pipeline import pipeline
     imgs = list(pipeline(data_dir, split, 64, num_epochs=1, shuffle=False))
     cat = lambda key, xs: np.concatenate([b[key] for b in xs])  # noqa: E731
     toks = list(token_data.token_pipeline(tokens_dir, "train", 64, seed=0, augment=False,
@@ -76,10 +83,6 @@ def _arrays(data_dir, tokens_dir, split="val"):
 
 def run_one(args) -> dict:
     """Trains one (variant, seed) in this process and measures it (the child side)."""
-    import jax
-    from earthmapper_jax.evaluation import condition
-    from earthmapper_jax.models.loading import load
-    from earthmapper_jax.train.trainer import train_and_evaluate
     file, overrides = VARIANTS[args.one]
     fields = {"data.tokens_dir": args.tokens, "model.tokenizer_dir": args.tokenizer,
               "data.image_size": 64, "total_steps": args.steps, "seed": args.seed,
@@ -102,10 +105,6 @@ def run_one(args) -> dict:
 
 def run_proxy(args) -> None:
     """The --proxy sweep (module doc): one JSON per (variant, seed) in OUT, table printed."""
-    from benchmarks import learning_check as lc
-    from earthmapper_jax.evaluation import condition
-    from earthmapper_jax.models import earthmapper as em
-    from earthmapper_jax.models.var_mode import tokenizer_parts
     out = pathlib.Path(args.out)
     for seed in [int(x) for x in args.seeds.split(",")]:
         sat, mp, coords, labels = lc.make_data(1200 + 64, seed=seed)

@@ -4,7 +4,6 @@ its condition from one that copies it, on constructed models whose answer is kno
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from earthmapper_jax.data import synthetic_city as synthetic
 from earthmapper_jax.evaluation import condition as C
