@@ -15,8 +15,7 @@ grids use the sampler's defaults (earthmapper_sampler.sampling_config).
     get_config("nymaps_d16")     NOT the paper's New York run: depth 16 (paper 24), 200 epochs
                                  (paper 100), batch 64 (paper 24): a cheaper model for the small
                                  dataset
-    get_config("tiny")           CPU: tiny model on the synthetic city, minutes (at the tiny
-                                 tokenizer's size: 64², or 32² with the `make demo` tokenizer)
+    (the tiny CPU configs, the small-budget recipe: configs/earthmapper_tiny.py)
 
 Values the paper does not give, each labelled where it is set below ("not in the paper, from
 VAR/ControlVAR"): learning rate per 256 images (VAR: 1e-4 d16, 8e-5 d24), betas (0.9, 0.95),
@@ -31,6 +30,7 @@ per-GPU reading.
 Run (CNSatMap; data from `earthmapper prepare cnsatmap`, tokens and SI targets from
 `earthmapper prepare tokens`, VAR weights from `earthmapper convert var`): the command blocks of
 docs/training.md, which tests/test_docs_commands.py runs as written.
+Tiny, on a laptop: configs/earthmapper_tiny.py.
 """
 
 import ml_collections
@@ -51,7 +51,6 @@ _VARIANTS = {
     "nymaps_d24": ("d24", "nymaps", 8e-5, 0.01),
     "cnsatmap_d16": ("d16", "cnsatmap", 1e-4, 0.1),
     "nymaps_d16": ("d16", "nymaps", 1e-4, 0.1),
-    "tiny": ("tiny", "synthetic", 3e-3, 0.1),
 }
 
 
@@ -78,20 +77,6 @@ def get_config(arg=None):
     config.data.augment = True
     config.checkpoint.best_metric = "eval/loss"
     config.checkpoint.best_mode = "min"
-    if arg == "tiny":
-        config.model.si_weight = 0.0   # no DINOv2 weights offline; SI is tested elsewhere
-        config.batch_size = 8
-        config.total_steps = 300
-        config.optim.warmup_steps = 20
-        config.optim.warmup_epochs = None
-        config.checkpoint.every_steps = 100
-        config.log_every_steps = 10
-        config.eval_every_steps = 100
-        config.eval_batches = 2
-        config.sample_every_steps = 0
-        config.sample_batch_size = 4
-        config.sample_options = ml_collections.ConfigDict({"top_k": 20, "top_p": 0.9})
-        return config
     config.model.dtype = "bfloat16"    # not in the paper, from VAR (bf16/fp16 AMP)
     # config.model.attention stays "auto": cuDNN fused attention on GPU, XLA elsewhere
     config.model.remat = "none"

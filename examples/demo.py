@@ -7,8 +7,15 @@
 2. the tiny tokenizer trained by the generic trainer (configs/tokenizer_var.py:tiny), then a
    reconstruction grid of validation tiles with its PSNR;
 3. the tiles pre-tokenised once (`earthmapper prepare tokens`, identity + horizontal flip);
-4. the tiny EarthMapper (configs/earthmapper_train.py:tiny) trained on the tokens, with sample
-   grids [satellite | generated map | real map | map | generated satellite | real satellite];
+4. the tiny EarthMapper (configs/earthmapper_tiny.py:tiny, the small-budget recipe that makes it
+   follow its source) trained on the tokens, with sample grids [satellite | generated map |
+   real map | map | generated satellite | real satellite];
+5. does a translation follow its source? The condition-use instrument on the held-out tiles
+   (evaluation/condition.py): conditioning gain (teacher-forced CE with a shuffled source minus
+   with the real one, per direction and scale, 95 % CI), layout gap (SSIM / 8×8 block
+   correlation to the own ground truth minus to another tile's) and the share of outputs of
+   the right modality (a colour/texture classifier calibrated on real tiles), in
+   OUT/condition.json;
 then the loss curves of both runs (`earthmapper plot`, WORKDIR/plots/curves.png).
 Everything lands under --out; the last lines printed say where. Both trainings run for a
 wall-clock budget (config.max_train_seconds), so the demo takes about the same time on any
@@ -33,11 +40,17 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
 from earthmapper_jax.data_prep import synthetic as syn_prep  # noqa: E402
 from earthmapper_jax import cli  # noqa: E402
 from earthmapper_jax.cli.train import load_config  # noqa: E402
 from earthmapper_jax.pretokenize import prepare_tokens  # noqa: E402
+from earthmapper_jax.data.pipeline import pipeline  # noqa: E402
+from earthmapper_jax.evaluation import condition  # noqa: E402
 from earthmapper_jax.io import files  # noqa: E402
+from earthmapper_jax.models.loading import load  # noqa: E402
 from earthmapper_jax.train.metrics import read_jsonl  # noqa: E402
 from earthmapper_jax.train.trainer import train_and_evaluate  # noqa: E402
 
@@ -70,6 +83,34 @@ def _sample_metrics(workdir):
     for rec in read_jsonl(pathlib.Path(workdir) / "metrics.jsonl"):
         out.update({k.split("/", 1)[1]: v for k, v in rec.items() if k.startswith("sample/")})
     return out
+
+
+def _condition_figures(model_dir, data, out) -> dict:
+    """The instrument on the validation tiles; prints its figures, writes out/condition.json."""
+    batches = list(pipeline(data, "val", 64, num_epochs=1, shuffle=False))
+    cat = lambda k: np.concatenate([b[k] for b in batches])  # noqa: E731
+    res = condition.evaluate_translation(load(model_dir), cat("sat_image"), cat("map_image"),
+                                         cat("coords"), rng=jax.random.key(0))
+    files.write_text(out / "condition.json", json.dumps(res, indent=1))
+    for d in ("sat2map", "map2sat"):
+        tf, lg = res["teacher_forced"][d], res[d]["layout_gap"]
+        lo, hi = tf["gain_all_ci"]
+        scales = ", ".join(f"{g:+.3f} [{a:+.3f}, {b:+.3f}]"
+                           for g, (a, b) in zip(tf["gain"][1:], tf["gain_ci"][1:]))
+        _say(f"  {d}: conditioning gain {tf['gain_all']:+.4f} nats/token [{lo:+.4f}, {hi:+.4f}]; "
+             f"by scale 1..{len(tf['gain']) - 1}: {scales}")
+        s, b = lg["ssim"], lg["block_corr"]
+        _say(f"  {d}: layout gap SSIM {s['gap']:+.4f} [{s['ci'][0]:+.4f}, {s['ci'][1]:+.4f}], "
+             f"block correlation {b['gap']:+.3f} [{b['ci'][0]:+.3f}, {b['ci'][1]:+.3f}]; "
+             f"right modality {100 * res[d]['right_modality']:.0f} %")
+    ok, fails = res["target"]
+    _say(f"  teacher-forced target (gain CI > 0 at every scale >= 1, both ways): "
+         f"{'met' if ok else 'NOT met at ' + str(fails)}; modality classifier held-out accuracy "
+         f"{100 * res['classifier_accuracy']:.0f} %")
+    # TODO(lead): pix2pix's layout gap at equal wall time next to these, once the pix2pix
+    # baseline (configs/pix2pix.py, `earthmapper translate` on its model) is in this branch.
+    _say("  pix2pix at equal wall time: TODO (baseline not in this branch yet)")
+    return res
 
 
 def _plot(workdir) -> pathlib.Path:
@@ -111,7 +152,7 @@ def main(argv=None):
     t = time.time()
     syn_prep.prepare(data, args.pairs, size=args.size, seed=0, val_fraction=0.125, workers=2,
                      overwrite=True, progress=False)
-    _say(f"1/4 synthetic city: {args.pairs} pairs ({args.size} px) as TFRecords in {data} "
+    _say(f"1/5 synthetic city: {args.pairs} pairs ({args.size} px) as TFRecords in {data} "
          f"({time.time() - t:.0f} s)")
 
     ##### 2. Tiny tokenizer #####
@@ -137,7 +178,7 @@ def main(argv=None):
     curves = [_plot(tok_run)]
     summary["tokenizer"] = {"dir": str(tok_dir), "psnr_db": psnr, "curves": str(curves[0]),
                             "seconds": time.time() - t}
-    _say(f"2/4 tokenizer: {res['step']} steps in {time.time() - t:.0f} s; "
+    _say(f"2/5 tokenizer: {res['step']} steps in {time.time() - t:.0f} s; "
          f"validation PSNR satellite {psnr['satellite']:.2f} dB, map {psnr['map']:.2f} dB "
          f"-> {out / 'reconstructions.png'}")
 
@@ -146,7 +187,7 @@ def main(argv=None):
         t = time.time()
         tokens = out / "tokens"
         prepare_tokens(tok_dir, data, tokens, variants="hflip", overwrite=True, progress=False)
-        _say(f"3/4 pre-tokenised both modalities (identity + flipped variant) in {tokens} "
+        _say(f"3/5 pre-tokenised both modalities (identity + flipped variant) in {tokens} "
              f"({time.time() - t:.0f} s)")
 
         ##### 4. Tiny EarthMapper on the tokens #####
@@ -154,7 +195,7 @@ def main(argv=None):
         em_run = out / "earthmapper_run"
         shutil.rmtree(em_run, ignore_errors=True)
         em_fields = {"eval_every_steps": 0, **(SMOKE_EARTHMAPPER if args.smoke else {})}
-        cfg = _config("earthmapper_train.py", "tiny", data__tokens_dir=tokens,
+        cfg = _config("earthmapper_tiny.py", "tiny", data__tokens_dir=tokens,
                       data__image_size=args.size, model__tokenizer_dir=tok_dir,
                       total_steps=args.earthmapper_steps, sample_batch_size=6,
                       max_train_seconds=args.earthmapper_seconds,
@@ -167,9 +208,16 @@ def main(argv=None):
         summary["earthmapper"] = {"dir": str(em_run / "model"), "samples": [str(s) for s in samples],
                                   "curves": str(curves[-1]), "final": res["metrics"],
                                   "seconds": time.time() - t}
-        _say(f"4/4 EarthMapper: {n} steps in {time.time() - t:.0f} s; sample grids "
+        _say(f"4/5 EarthMapper: {n} steps in {time.time() - t:.0f} s; sample grids "
              f"[satellite | generated map | real map | map | generated satellite | real "
              f"satellite]: {', '.join(str(s) for s in samples)}")
+
+        ##### 5. Condition use on the held-out tiles #####
+        t = time.time()
+        _say("5/5 does each translation follow its source? (held-out tiles)")
+        summary["condition"] = _condition_figures(em_run / "model", data, out)
+        summary["condition"]["seconds"] = time.time() - t
+        _say(f"  ({time.time() - t:.0f} s) -> {out / 'condition.json'}")
 
     files.write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
     _say(f"done in {time.time() - t_all:.0f} s. Everything is in {out}:")
@@ -178,6 +226,7 @@ def main(argv=None):
     if "earthmapper" in summary:
         _say(f"  EarthMapper      {em_run / 'model'}  (earthmapper_jax.load)")
         _say(f"  samples          {em_run / 'samples'}")
+        _say(f"  condition use    {out / 'condition.json'}")
     _say(f"  metrics          {'   '.join(str(c.parents[1] / 'metrics.jsonl') for c in curves)}")
     _say(f"  loss curves      {'   '.join(str(c) for c in curves)}  (earthmapper plot WORKDIR)")
     return 0

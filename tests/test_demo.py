@@ -1,6 +1,6 @@
 """`make demo` at smoke size (examples/demo.py --smoke: 64 pairs, 3 steps per training, a few
 minutes of CPU, mostly compiling): every output the README and the demo's own last lines claim
-exists, is readable, and is named in what the demo prints."""
+exists, is readable, and is named in what the demo prints, the condition-use figures too."""
 
 import json
 import os
@@ -53,8 +53,13 @@ def test_demo_smoke_writes_every_claimed_output(tmp_path):
         _png(out / run / "plots" / "curves.png")
         assert str(out / run / "plots" / "curves.png") in printed
         assert str(out / run / "metrics.jsonl") in printed
+    # the condition-use figures of the held-out tiles (evaluation/condition.py), printed and saved
+    for words in ("conditioning gain", "layout gap SSIM", "right modality", "pix2pix"):
+        assert words in printed, words
+    cond = json.loads((out / "condition.json").read_text())
+    assert {"teacher_forced", "sat2map", "map2sat", "target"} <= set(cond)
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"tokenizer", "earthmapper"}
+    assert set(summary) == {"tokenizer", "earthmapper", "condition"}
     for claimed in (out / "reconstructions.png", out / "tokenizer_run" / "tokenizer",
                     out / "earthmapper_run" / "model", out / "earthmapper_run" / "samples"):
         assert str(claimed) in printed, claimed

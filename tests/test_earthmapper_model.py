@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 import earthmapper_jax
-from configs import earthmapper_train
+from configs import earthmapper_tiny
 from earthmapper_jax import tokenizer as tok_lib
 from earthmapper_jax.cli import main as cli_main
 from earthmapper_jax.errors import CheckpointError, InputError
@@ -148,11 +148,14 @@ def test_cached_joint_generation_equals_teacher_forcing_with_complexity(model):
                                        err_msg=f"scale {si} modality {m}")
 
 
-@pytest.mark.parametrize("directed_rate", [0.0, 0.5])
-def test_cached_translation_equals_teacher_forcing_all_terms(model, directed_rate):
+@pytest.mark.parametrize("directed_rate,coloc", [(0.0, False), (0.5, False), (0.5, True)])
+def test_cached_translation_equals_teacher_forcing_all_terms(model, directed_rate, coloc):
     """sat->map with all three CFG terms; with directed_rate > 0 the satellite half is a
-    directed condition (its own tokens shown, directed mask), else the paper's joint rows."""
-    model = Model(dict(model.config.to_dict(), directed_rate=directed_rate), model.params, model.tokenizer)
+    directed condition (its own tokens shown, directed mask), else the paper's joint rows;
+    coloc: + the satellite's f_hat pyramid at the map's positions (coloc_cond)."""
+    mc = dict(model.config.to_dict(), directed_rate=directed_rate, coloc_cond=coloc)
+    params = _perturb(em.init_params(mc, jax.random.key(1)), 2) if coloc else model.params
+    model = Model(mc, params, model.tokenizer)
     coords = jnp.array([[30.0, 120.0], [1.0, 2.0]])
     sat_real = _tokens(3)
     zero = jnp.zeros((2, LH), jnp.int32)
@@ -173,6 +176,7 @@ def test_cached_translation_equals_teacher_forcing_all_terms(model, directed_rat
     nan = jnp.full_like(coords, np.nan)
     yes = jnp.ones((2,), bool)
     extra = {} if lead is None else dict(direction=jnp.zeros((2,), jnp.int32), ids_sat=sat_real)
+    extra.update(em.coloc_inputs(coloc, tok_module, tok_params, (sat_real, mp), PN))
 
     def map_half(c, null_sat=None):
         lg = model.module.apply({"params": model.params}, c, tf_sat, tf_map, null_sat=null_sat, **extra)[0]
@@ -259,7 +263,7 @@ def test_loss_and_var_init(model, tok, tmp_path):
     np.testing.assert_array_equal(params["geo"]["null"], vp["class_emb"]["embedding"][-1])
     assert not np.asarray(params["modality_embed"]).any()
     # the trainer reads the VAR directory once, on the host, and its jitted init starts from it
-    tcfg = earthmapper_train.get_config("tiny")
+    tcfg = earthmapper_tiny.get_config("tiny")
     tcfg.model = mc
     tx, _ = optim.make_optimizer(tcfg.optim, 8, 10, 0)
     mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])

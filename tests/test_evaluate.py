@@ -10,7 +10,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-from configs import earthmapper_train
+from configs import earthmapper_tiny
 from fixtures.make_evaluation_fixtures import random_state_dict
 from PIL import Image
 
@@ -193,7 +193,7 @@ def test_bad_inputs_say_one_line(setup, full, tmp_path, capsys):
 
 
 def test_periodic_metrics_join_the_training_evaluation(setup):
-    config = earthmapper_train.get_config("tiny")
+    config = earthmapper_tiny.get_config("paper_tiny")
     config.model = ml_collections.ConfigDict(read_config(setup["model"])["config"])
     config.model.tokenizer_dir = str(setup["tokenizer"])
     config.data.dir, config.data.eval_split = str(setup["data"]), "val"

@@ -43,7 +43,7 @@ from earthmapper_jax.train.trainer import train_and_evaluate
 from tests import toy_config, toy_task, troubleshooting_doc
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TINY = f"{ROOT / 'configs' / 'earthmapper_train.py'}:tiny"
+TINY = f"{ROOT / 'configs' / 'earthmapper_tiny.py'}:tiny"
 # The tokenizer `make demo` trains: tiny at 32 px, one level fewer (scales 1..8 all the same).
 DEMO_TOKENIZER = dict(ch=32, ch_mult=(1, 1, 2), z_channels=8, vocab_size=512, image_size=32,
                       patch_nums=(1, 2, 3, 4, 6, 8), num_res_blocks=1, using_sa=False,
@@ -191,7 +191,7 @@ def test_3_image_size_is_the_tokenizers_and_another_one_is_refused(tok32, tmp_pa
     assert not work.exists() and s < _limit(startup_s)
     # docs/training.md's command after `make demo`, as written, takes the tokenizer's 32 px.
     doc = (ROOT / "docs" / "training.md").read_text()
-    cmd = ("earthmapper train --config configs/earthmapper_train.py:tiny --workdir runs/em "
+    cmd = ("earthmapper train --config configs/earthmapper_tiny.py:tiny --workdir runs/em "
            "--config.data.dir=demo_out/data "
            "--config.model.tokenizer_dir=demo_out/tokenizer_run/tokenizer")
     assert cmd in doc

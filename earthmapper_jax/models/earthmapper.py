@@ -4,6 +4,8 @@ from the shared backbone (models/backbone.py), its config and its build.
     model_config(name="d16" | "d20" | "d24" | "d30" | "tiny", **overrides) -> ConfigDict
     check_config(config)                 InputError for impossible settings
     build(config, **overrides) -> EarthMapper
+    condition_pyramid(f_hat, patch_nums) -> (B, Σpn², Cvae)   coloc_cond's input
+    coloc_inputs(coloc_cond, tok_module, tok_params, (sat_flat, map_flat), patch_nums) -> dict
     init_params(config, rng, keep_axis_names=False) -> fresh params
     (training: train/earthmapper_task.py; starting from VAR weights: models/var_init.py)
 
@@ -30,6 +32,13 @@ inputs also carry the embedding of its own current-scale tokens (cond_token_embe
 lead_embed), the target half attends to it inside the scale (layout.directed_mask) and only
 the target is in the loss. translate() and inpaint(condition=...) sample in this layout;
 generate() in the joint one.
+
+Co-located conditioning (config coloc_cond, default False = the paper; a small-budget lever,
+docs/earthmapper.md "Condition use"): in a directed row the target half's input at every
+position of scale k (start token included) also gets coloc_proj(the condition's whole f_hat,
+area-resized to pn_k, at that position) (`condition_pyramid`), so each target token starts from
+what the source shows at its place, as a U-Net's skip connections give pix2pix. Only the
+parameter coloc_proj/{kernel (Cvae, C), bias} is added, zero-initialised.
 
 Condition dropout for multi-term CFG: with prob coord_drop_rate a sample's coordinates become
 the learned null (c_g = null); with prob modality_drop_rate one modality (chosen at random) has
@@ -60,7 +69,8 @@ from earthmapper_jax.models.dinov2 import VARIANTS as DINOV2_VARIANTS
 from earthmapper_jax.models.geo import GeoEmbed
 from earthmapper_jax.models.layout import MAP, SAT, directed_mask, joint_mask, to_joint
 from earthmapper_jax.models.masks import WITHIN_SCALE_CHOICES
-from earthmapper_jax.scales import scale_offsets
+from earthmapper_jax.scales import scale_offsets, split_tokens
+from earthmapper_jax.tokenizer.resize import area_resize
 
 # ----------------------------------------------------------------------------- config / build
 
@@ -76,6 +86,7 @@ def model_config(name: str = "d16", **overrides) -> ml_collections.ConfigDict:
     c.coord_drop_rate = 0.1        # coordinates -> learned null (CFG), as VAR's label dropout
     c.modality_drop_rate = 0.1     # one modality's inputs -> learned null (condition CFG terms)
     c.directed_rate = 0.0          # share of rows trained as translations (0 = the paper's pure joint model)
+    c.coloc_cond = False           # directed rows: + the condition's f_hat pyramid at the target's positions
     c.si_layer = max(1, c.depth // 3) if name != "tiny" else 1  # 1-based; 0 = no SI
     c.si_weight = semantic.DEFAULT_WEIGHT
     c.si_loss = "sqnorm"           # Eq. 13's squared norm (semantic.py); "mse" | "cosine" (REPA's)
@@ -113,6 +124,9 @@ def check_config(c) -> None:
             raise InputError(f"{key}={c.get(key)}; expected a probability in [0, 1)")
     if not 0.0 <= float(c.get("directed_rate", 0.0)) <= 1.0:
         raise InputError(f"directed_rate={c.get('directed_rate')}; expected a probability in [0, 1]")
+    if c.get("coloc_cond", False) and not float(c.get("directed_rate", 0.0)) > 0:
+        raise InputError("coloc_cond=True conditions translation rows only; expected "
+                         f"directed_rate > 0, got {c.get('directed_rate')}")
 
 
 def build(c, **overrides) -> "EarthMapper":
@@ -123,6 +137,7 @@ def build(c, **overrides) -> "EarthMapper":
         **backbone.module_fields(c), within_scale=c.within_scale,
         geo_num_freqs=int(c.geo_num_freqs), geo_hidden=int(c.geo_hidden),
         si_layer=int(c.si_layer), si_dim=int(c.si_dim), si_hidden=int(c.si_hidden),
+        coloc_cond=bool(c.get("coloc_cond", False)),
     )
 
 
@@ -134,6 +149,25 @@ def init_params(c, rng, *, keep_axis_names: bool = False):
     tf = jnp.zeros((1, module.seq_len - module.first_l, module.cvae), jnp.float32)
     params = jax.jit(module.init)(rng, coords, tf, tf)["params"]
     return params if keep_axis_names else nn.meta.unbox(params)
+
+
+def condition_pyramid(f_hat, patch_nums):
+    """A half's whole f_hat (B, g, g, Cvae) area-resized to every scale, flattened in VAR's
+    order (B, Σpn², Cvae): what coloc_cond adds (projected) at the other half's positions."""
+    B, C = f_hat.shape[0], f_hat.shape[-1]
+    return jnp.concatenate([area_resize(f_hat, int(pn)).reshape(B, -1, C) for pn in patch_nums], 1)
+
+
+def coloc_inputs(coloc_cond: bool, tok_module, tok_params, flats, patch_nums) -> dict:
+    """{pyr_sat, pyr_map} for a call of the module (empty when coloc_cond is off): each half's
+    pyramid from its flat tokens flats = (sat (B, Σpn²), map (B, Σpn²)) via the tokenizer."""
+    if not coloc_cond:
+        return {}
+    out = {}
+    for name, flat in zip(("pyr_sat", "pyr_map"), flats):
+        f_hat = tok_module.apply({"params": tok_params}, split_tokens(flat, patch_nums), method="fhat")
+        out[name] = jax.lax.stop_gradient(condition_pyramid(f_hat, patch_nums))
+    return out
 
 
 # ----------------------------------------------------------------------------- the module
@@ -148,6 +182,7 @@ class EarthMapper(Backbone):
     si_layer: int = 0  # 1-based block whose output SI aligns; 0 = no SI head
     si_dim: int = 768
     si_hidden: int = 2048
+    coloc_cond: bool = False
 
     def setup(self):
         super().setup()
@@ -162,6 +197,8 @@ class EarthMapper(Backbone):
         self.lead_embed = self.param("lead_embed", nn.initializers.zeros, (C,), jnp.float32)
         if self.si_layer:
             self.si_head = semantic.AlignmentMLP(self.si_hidden, self.si_dim, name="si_head")
+        if self.coloc_cond:
+            self.coloc_proj = nn.Dense(C, kernel_init=nn.initializers.zeros, name="coloc_proj")
 
     # -- embeddings (each method is also a sampler building block) ---------------------------
 
@@ -181,26 +218,41 @@ class EarthMapper(Backbone):
         add = self.cond_token_embed(ids) + self.lead_embed[None, None]
         return jnp.where(lead[:, None, None], add, 0.0)
 
-    def start_tokens(self, cond, ids_sat=None, ids_map=None, lead_sat=None, lead_map=None):
+    def _coloc(self, pyramid, lead):
+        """Where lead (B,) (the other half leads): coloc_proj of the condition's f_hat pyramid
+        (B, n, Cvae) at these positions; None when off or not given."""
+        if not self.coloc_cond or pyramid is None or lead is None:
+            return None
+        return jnp.where(lead[:, None, None], self.coloc_proj(pyramid.astype(jnp.float32)), 0.0)
+
+    def start_tokens(self, cond, ids_sat=None, ids_map=None, lead_sat=None, lead_map=None,
+                     pyr_sat=None, pyr_map=None):
         """Scale-0 tokens of both halves, joint layout (B, 2·first_l, C). ids_*: a leading
-        (condition) half's scale-0 token ids (B, first_l), used where lead_*."""
+        (condition) half's scale-0 token ids (B, first_l), used where lead_*; pyr_*: that half's
+        f_hat pyramid at these positions (coloc_cond), added to the other half."""
         sos = cond[:, None, :] + self.pos_start[None]
         n = self.first_l
         out = []
+        leads, pyrs = (lead_sat, lead_map), (pyr_sat, pyr_map)
         for m, ids, lead in ((SAT, ids_sat, lead_sat), (MAP, ids_map, lead_map)):
             x = sos + self.half_embeddings(0, n, m)[None]
             if ids is not None:
                 x = x + self._lead(ids, lead)
+            co = self._coloc(pyrs[1 - m], leads[1 - m])
+            if co is not None:
+                x = x + co
             out.append(x)
         return jnp.concatenate(out, 1)
 
     def scale_tokens(self, x_sat, x_map, si: int, null_sat=None, null_map=None, lead_sat=None,
-                     lead_map=None, ids_sat=None, ids_map=None):
+                     lead_map=None, ids_sat=None, ids_map=None, pyr_sat=None, pyr_map=None):
         """Scale-si (>= 1) tokens, joint layout (B, 2pn², C), from each half's input features
         (B, pn², Cvae); null_*: (B,) bool, that half's input becomes the learned null; ids_*
-        with lead_*: a leading half's own scale-si token ids (B, pn²)."""
+        with lead_*: a leading half's own scale-si token ids (B, pn²); pyr_*: a half's f_hat
+        pyramid at scale si (B, pn², Cvae) for the other half (coloc_cond)."""
         begin, end = scale_offsets(self.patch_nums)[si]
         out = []
+        leads, pyrs = (lead_sat, lead_map), (pyr_sat, pyr_map)
         for m, x, null, lead, ids in ((SAT, x_sat, null_sat, lead_sat, ids_sat),
                                       (MAP, x_map, null_map, lead_map, ids_map)):
             w = self.word_embed(x.astype(jnp.float32))
@@ -208,16 +260,21 @@ class EarthMapper(Backbone):
                 w = w + self._lead(ids, lead)
             if null is not None:
                 w = jnp.where(null[:, None, None], self.cond_null[None, None], w)
+            co = self._coloc(pyrs[1 - m], leads[1 - m])
+            if co is not None:
+                w = w + co
             out.append(w + self.half_embeddings(begin, end, m)[None])
         return jnp.concatenate(out, 1)
 
     def embed_sequence(self, cond, tf_sat, tf_map, null_sat=None, null_map=None, ids_sat=None,
-                       ids_map=None, lead_sat=None, lead_map=None):
+                       ids_map=None, lead_sat=None, lead_map=None, pyr_sat=None, pyr_map=None):
         """Teacher-forced input (B, L, C) from c_g and both halves' VAR inputs (B, Σpn²-1, Cvae);
-        a leading half (lead_*) also gets the embedding of its own tokens ids_* (B, Σpn²)."""
+        a leading half (lead_*) also gets the embedding of its own tokens ids_* (B, Σpn²), and
+        with coloc_cond its f_hat pyramid pyr_* (B, Σpn², Cvae) goes to the other half."""
         sos = cond[:, None, :] + self.pos_start[None]
         later = jnp.arange(self.seq_len) >= self.first_l  # positions past the start tokens
         halves = []
+        leads, pyrs = (lead_sat, lead_map), (pyr_sat, pyr_map)
         for m, tf, null, ids, lead in ((SAT, tf_sat, null_sat, ids_sat, lead_sat),
                                        (MAP, tf_map, null_map, ids_map, lead_map)):
             w = jnp.concatenate([sos, self.word_embed(tf.astype(jnp.float32))], 1)
@@ -225,6 +282,9 @@ class EarthMapper(Backbone):
                 w = w + self._lead(ids, lead)
             if null is not None:
                 w = jnp.where(null[:, None, None] & later[None, :, None], self.cond_null[None, None], w)
+            co = self._coloc(pyrs[1 - m], leads[1 - m])
+            if co is not None:
+                w = w + co
             halves.append(w + self.half_embeddings(0, self.seq_len, m)[None])
         return to_joint(halves[0], halves[1], self.patch_nums)
 
@@ -233,15 +293,18 @@ class EarthMapper(Backbone):
         return self.si_head(h)
 
     def __call__(self, coords, tf_sat, tf_map, *, drop_geo=None, null_sat=None, null_map=None,
-                 ids_sat=None, ids_map=None, direction=None, deterministic: bool = True):
+                 ids_sat=None, ids_map=None, direction=None, pyr_sat=None, pyr_map=None,
+                 deterministic: bool = True):
         """Teacher-forced pass: (logits (B, L, V) fp32, SI predictions (B, L, si_dim) or None).
 
         direction: optional (B,) int, -1 = joint row, SAT/MAP = a translation row whose
         condition half is that modality: its inputs also carry its own tokens ids_* (B, Σpn²)
-        (unless nulled) and the row uses directed_mask."""
+        (unless nulled) and the row uses directed_mask; pyr_*: each half's f_hat pyramid
+        (condition_pyramid) for coloc_cond."""
         cond = self.condition(coords, drop_geo)
         if self.is_initializing():  # create the directed-row parameters whatever the inputs
             self._lead(jnp.zeros((1, 1), jnp.int32), jnp.zeros((1,), bool))
+            self._coloc(jnp.zeros((1, 1, self.cvae)), jnp.zeros((1,), bool))
         lead = [None, None]
         if direction is not None:
             for m, null in ((SAT, null_sat), (MAP, null_map)):
@@ -249,7 +312,7 @@ class EarthMapper(Backbone):
                 if null is not None:
                     lead[m] = lead[m] & ~null
         x = self.embed_sequence(cond, tf_sat, tf_map, null_sat, null_map, ids_sat, ids_map,
-                                lead[0], lead[1])
+                                lead[0], lead[1], pyr_sat, pyr_map)
         mask = jnp.asarray(joint_mask(self.patch_nums, self.within_scale))[None, None]
         if direction is not None and self.within_scale != "all":
             masks = jnp.asarray(np.stack([directed_mask(self.patch_nums, self.within_scale, d)

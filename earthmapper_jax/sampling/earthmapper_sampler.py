@@ -149,7 +149,13 @@ def sample_joint(module, tok_module, params, tok_params, coords, known, keep, rn
         ids_all = jnp.tile(known[spec.lead], (nb, 1))
         lead[spec.lead] = ~nulled  # a nulled condition has no inputs to lead with
         ids[spec.lead] = ids_all[:, : module.first_l]
-    x = module.apply(p, cond, ids[0], ids[1], lead[0], lead[1], method=EM.start_tokens)
+    pyr = [None, None]  # coloc_cond: the condition's f_hat pyramid for the target half
+    if spec.lead is not None and module.coloc_cond:
+        pyr[spec.lead] = jnp.tile(em.coloc_inputs(True, tok_module, tok_params, (known[spec.lead],) * 2,
+                                                  pns)["pyr_sat"], (nb, 1, 1))
+    pyr_at = lambda b, e: [None if v is None else v[:, b:e] for v in pyr]  # noqa: E731
+    x = module.apply(p, cond, ids[0], ids[1], lead[0], lead[1], *pyr_at(0, module.first_l),
+                     method=EM.start_tokens)
     head_dim = module.embed_dim // module.num_heads
     caches = init_caches(module.depth, rows, lay["length"], module.num_heads, head_dim, module.dtype,
                          stacked=module.scan_layers)
@@ -207,7 +213,8 @@ def sample_joint(module, tok_module, params, tok_params, coords, known, keep, rn
                 b2 = half_b + n
                 ids[spec.lead] = ids_all[:, b2 : b2 + pn2 * pn2]
             x = module.apply(p, xs[0], xs[1], si + 1, null[0], null[1], lead[0], lead[1],
-                             ids[0], ids[1], method=EM.scale_tokens)
+                             ids[0], ids[1], *pyr_at(half_b + n, half_b + n + pn2 * pn2),
+                             method=EM.scale_tokens)
         half_b += n
 
     images = None

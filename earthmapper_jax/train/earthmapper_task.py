@@ -22,7 +22,9 @@ this file is everything the trainer needs around it.
         rows as models/earthmapper.py describes.
     eval_host: config.eval.metrics (off by default): sampled sat->map SSIM/PSNR/RMSE(/LPIPS)
         on config.eval.tiles tiles, logged with the eval metrics
-    eval_fn: the same loss without dropout; data: the image pipeline (config.data.dir) or the
+    eval_fn: the same loss without dropout, plus the batch's conditioning gains
+        (cond_gain_sat2map, cond_gain_map2sat, cond_gain_none_*; evaluation/condition.py);
+        data: the image pipeline (config.data.dir) or the
         pre-tokenised shards (config.data.tokens_dir)
     sample_fn: PNG grid, per example [satellite | generated map | real map | map | generated
         satellite | real satellite] (pre-tokenised data: "real" = tokenizer reconstructions);
@@ -49,7 +51,7 @@ from flax import struct
 
 from earthmapper_jax.data import token_records as token_data
 from earthmapper_jax.errors import CheckpointError, InputError
-from earthmapper_jax.evaluation import pixels
+from earthmapper_jax.evaluation import condition, pixels
 from earthmapper_jax.io.checkpoint import save_params
 from earthmapper_jax.io.files import atomic_dir
 from earthmapper_jax.io.images import to_float, to_uint8, write_grid
@@ -214,11 +216,14 @@ def loss_fn(params, batch, rng, config, frozen=None):
         direction = jnp.where(directed, cond_m, -1)
         skip_sat, skip_map = skip_sat | (direction == SAT), skip_map | (direction == MAP)
 
+    coloc = {} if direction is None else em.coloc_inputs(
+        bool(mc.get("coloc_cond", False)), frozen.tokenizer_module(), frozen.tokenizer,
+        (sat_flat, map_flat), pn)
     logits, si_pred = module.apply(
         {"params": params}, coords, tf_sat, tf_map, drop_geo=drop_geo, null_sat=null_sat,
         null_map=null_map, ids_sat=sat_flat if direction is not None else None,
         ids_map=map_flat if direction is not None else None, direction=direction,
-        deterministic=False, rngs={"dropout": r_drop})
+        deterministic=False, rngs={"dropout": r_drop}, **coloc)
 
     lay = joint_layout(pn)
     targets = to_joint(sat_flat[..., None], map_flat[..., None], pn)[..., 0]
@@ -260,12 +265,26 @@ EVAL_METRICS = ("loss", "ce", "ce_sat", "ce_map", "acc_sat", "acc_map", "si_loss
 
 
 def eval_fn(params, batch, rng, config, frozen=None):
-    """The loss without condition dropout and drop-path (deterministic), its main metrics."""
+    """The loss without condition dropout and drop-path (deterministic), its main metrics,
+    and the condition-use figures of the batch (evaluation/condition.traced_gains:
+    cond_gain_<dir> = CE with a shuffled condition - CE with the real one, cond_gain_none_<dir>
+    = CE without a condition - with it; nats/token, teacher-forced, in translation rows)."""
     c = ml_collections.ConfigDict(config.to_dict())
     for key in ("coord_drop_rate", "modality_drop_rate", "drop_path_rate"):
         c.model[key] = 0.0
     _, m = loss_fn(params, batch, rng, c, frozen)
-    return {k: v for k, v in m.items() if k in EVAL_METRICS}
+    out = {k: v for k, v in m.items() if k in EVAL_METRICS}
+    (sat_flat, _), (map_flat, _) = _tokens_and_inputs(c.model, batch, frozen)
+    if sat_flat.shape[0] >= 2:  # a shuffled condition needs another tile
+        module, tok = em.build(c.model), frozen.tokenizer_module()
+        directed = float(c.model.get("directed_rate", 0.0)) > 0
+        coords = jnp.asarray(batch["coords"], jnp.float32)
+
+        def target_logits(s, mp, cond_m, null):
+            return condition.earthmapper_target_logits(module, params, tok, frozen.tokenizer, coords,
+                                                       s, mp, cond_m, null, directed)
+        out.update(condition.traced_gains(target_logits, sat_flat, map_flat))
+    return out
 
 
 def flops_per_example(config) -> float:
