@@ -9,11 +9,13 @@ import argparse
 import os
 import sys
 
-from earthmapper_jax.cli import convert, inspect_cmd, plot, prepare, reconstruct, train, translate
+from earthmapper_jax.cli import (convert, generate, inpaint, inspect_cmd, outpaint, plot, prepare,
+                                 reconstruct, train, translate)
 from earthmapper_jax.errors import EarthMapperError
 
 # In `earthmapper --help` order.
-SUBCOMMANDS = (prepare, inspect_cmd, convert, reconstruct, train, translate, plot)
+SUBCOMMANDS = (prepare, inspect_cmd, convert, reconstruct, train, translate, generate, inpaint,
+               outpaint, plot)
 
 
 def build_parser():
