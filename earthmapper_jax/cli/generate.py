@@ -59,9 +59,6 @@ def run(args):
         raise InputError(f"--n must be >= 1, got {args.n}")
     todo = places(args)
     sampling_run.check_checkpoint(args.checkpoint)
-    model = sampling_run.load_model(args.checkpoint, "joint", options)
-    from earthmapper_jax.sampling import generate
-
     out = sampling_run.out_dir(args)
     jobs = []
     for name, latlon, source in todo:
@@ -71,9 +68,14 @@ def run(args):
                 stem, {"sat": out / f"{stem}_sat.png", "map": out / f"{stem}_map.png"},
                 lambda latlon=latlon, source=source: {"coords": latlon, "coords_source": source}))
 
-    def sample(items, rng):
-        _, (sats, maps) = generate(model, sampling_run.coords_array(items), rng, **options)
-        return [{"sat": s, "map": m} for s, m in zip(np.asarray(sats), np.asarray(maps))]
+    def start():
+        model = sampling_run.load_model(args.checkpoint, "joint", options)
+        from earthmapper_jax.sampling import generate
 
-    return sampling_run.run_jobs(jobs, sample, args=args, command="generate", unit="pair",
+        def sample(items, rng):
+            _, (sats, maps) = generate(model, sampling_run.coords_array(items), rng, **options)
+            return [{"sat": s, "map": m} for s, m in zip(np.asarray(sats), np.asarray(maps))]
+        return sample
+
+    return sampling_run.run_jobs(jobs, start, args=args, command="generate", unit="pair",
                                  options=sampling_run.settings(args, options))

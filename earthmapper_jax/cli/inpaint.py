@@ -98,18 +98,17 @@ def run_painting(args, command: str, mask_for) -> int:
         raise InputError("--condition needs exactly one input image")
     sampling_run.check_checkpoint(args.checkpoint)
     kind = "joint" if not args.condition else ("map2sat" if args.modality == "sat" else "sat2map")
-    model = sampling_run.load_model(args.checkpoint, kind, options)
-    from earthmapper_jax.sampling import inpaint
-
-    size = model.tokenizer.image_size
-    condition = sampling_run.load_tile(args.condition, size) if args.condition else None
     out = sampling_run.out_dir(args)
+    model = []
+
+    def size():
+        return model[0].tokenizer.image_size
 
     def outputs(stem):
         return {args.modality: out / f"{stem}_{args.modality}_{command}.png"}
 
     def file_mask(path):
-        return {"mask": mask_for(images.read_image(path).shape[:2], str(path), size)}
+        return {"mask": mask_for(images.read_image(path).shape[:2], str(path), size())}
 
     if paths is not None:
         jobs = sampling_run.file_jobs(paths, size, resolver, outputs, extra=file_mask)
@@ -118,20 +117,27 @@ def run_painting(args, command: str, mask_for) -> int:
         for job in jobs:
             job.load = _with_mask(job.load, job.name, size, mask_for)
 
-    def sample(items, rng):
-        cond = None if condition is None else np.repeat(condition[None], len(items), 0)
-        _, outs = inpaint(model, sampling_run.stack(items), np.stack([it["mask"] for it in items]),
-                          args.modality, rng, coords=sampling_run.coords_array(items),
-                          condition=cond, **options)
-        return [{args.modality: img} for img in np.asarray(outs)]
+    def start():
+        model.append(sampling_run.load_model(args.checkpoint, kind, options))
+        from earthmapper_jax.sampling import inpaint
 
-    return sampling_run.run_jobs(jobs, sample, args=args, command=command,
+        condition = sampling_run.load_tile(args.condition, size()) if args.condition else None
+
+        def sample(items, rng):
+            cond = None if condition is None else np.repeat(condition[None], len(items), 0)
+            _, outs = inpaint(model[0], sampling_run.stack(items), np.stack([it["mask"] for it in items]),
+                              args.modality, rng, coords=sampling_run.coords_array(items),
+                              condition=cond, **options)
+            return [{args.modality: img} for img in np.asarray(outs)]
+        return sample
+
+    return sampling_run.run_jobs(jobs, start, args=args, command=command,
                                  options=sampling_run.settings(args, options))
 
 
 def _with_mask(load, name, size, mask_for):
     def wrapped():
         item = load()
-        item["mask"] = mask_for(item["image"].shape[:2], name, size)
+        item["mask"] = mask_for(item["image"].shape[:2], name, size())
         return item
     return wrapped

@@ -1,7 +1,11 @@
 """The output machinery of every sampling subcommand (translate, generate, inpaint, outpaint).
 
-    jobs = file_tiles(args, size) or record_tiles(args, size, modality)  # translate, inpaint
-    run_jobs(jobs, sample, args=args, command=..., options={...})
+    jobs = file_jobs(paths, size, ...) or record_jobs(data, split, size, ...)  # translate, inpaint
+    run_jobs(jobs, start, args=args, command=..., options={...})
+
+`start()` loads the model and returns `sample(items, rng) -> [{output key: image}]`; it is
+only called when some output is missing, so a rerun over finished outputs loads nothing.
+`size()` (the model's tile size) is asked only when an input is loaded, after start().
 
 A Job names its outputs and knows how to load its input. run_jobs
   - skips a job whose outputs all exist (--overwrite redoes them);
@@ -102,7 +106,7 @@ class TileCoords:
         return NO_COORDS, "none"
 
 
-def file_jobs(paths, size: int, resolver: TileCoords, outputs: Callable[[str], dict],
+def file_jobs(paths, size: Callable[[], int], resolver: TileCoords, outputs: Callable[[str], dict],
               extra: Callable[[pathlib.Path], dict] | None = None) -> list[Job]:
     """One job per image file; outputs(stem) -> {key: path}; extra(path) -> more inputs."""
     jobs, seen = [], {}
@@ -112,7 +116,7 @@ def file_jobs(paths, size: int, resolver: TileCoords, outputs: Callable[[str], d
 
         def load(path=path):
             latlon, source = resolver(path)
-            item = {"image": load_tile(path, size), "coords": latlon, "coords_source": source}
+            item = {"image": load_tile(path, size()), "coords": latlon, "coords_source": source}
             if extra is not None:
                 item.update(extra(path))
             return item
@@ -121,7 +125,7 @@ def file_jobs(paths, size: int, resolver: TileCoords, outputs: Callable[[str], d
     return jobs
 
 
-def record_jobs(data_dir, split: str, size: int, modality: str, outputs: Callable[[str], dict],
+def record_jobs(data_dir, split: str, size: Callable[[], int], modality: str, outputs: Callable[[str], dict],
                 limit: int | None = None) -> list[Job]:
     """One job per record of a prepared split: its `modality` image, its coordinates, outputs
     named after its tile id (the other modality is passed as "other")."""
@@ -133,8 +137,8 @@ def record_jobs(data_dir, split: str, size: int, modality: str, outputs: Callabl
     source = TFRecordSource(split_shards(data_dir, split))
     if len(source) == 0:
         raise InputError(f"--data {data_dir} --split {split}: the split has no records")
-    ds = dataset(data_dir, split, image_size=size, shuffle=False, num_epochs=1,
-                 process_index=0, process_count=1)
+    ds = []  # built on the first load, when the model (and its tile size) is there
+
     key, other = ("sat_image", "map_image") if modality == "sat" else ("map_image", "sat_image")
     jobs = []
     for i in range(len(source) if limit is None else min(limit, len(source))):
@@ -143,7 +147,10 @@ def record_jobs(data_dir, split: str, size: int, modality: str, outputs: Callabl
         safe = re.sub(r"[^A-Za-z0-9._\-]+", "_", tile_id)
 
         def load(i=i, tile_id=tile_id):
-            el = ds[i]
+            if not ds:
+                ds.append(dataset(data_dir, split, image_size=size(), shuffle=False, num_epochs=1,
+                                  process_index=0, process_count=1))
+            el = ds[0][i]
             lat, lon = (float(v) for v in el["coords"])
             if math.isnan(lat) or math.isnan(lon):
                 return {"image": el[key], "other": el[other], "coords": NO_COORDS, "coords_source": "none"}
@@ -191,10 +198,9 @@ def settings(args, options: dict) -> dict:
     return got
 
 
-def run_jobs(jobs: list[Job], sample: Callable, *, args, command: str, options: dict,
+def run_jobs(jobs: list[Job], start: Callable, *, args, command: str, options: dict,
              unit: str = "tile") -> int:
-    """Runs `sample(items, rng) -> list of {output key: image}` over the jobs (see module doc)."""
-    import jax
+    """Runs the jobs with the sampler `start()` returns (see module doc)."""
 
     out = pathlib.Path(args.out)
     todo = [j for j in jobs if args.overwrite or not all(pathlib.Path(p).exists() for p in j.outputs.values())]
@@ -202,8 +208,11 @@ def run_jobs(jobs: list[Job], sample: Callable, *, args, command: str, options: 
     failed: list[tuple[str, str]] = []
     done = 0
     record = {"command": command, **options, "outputs": _previous_outputs(out / f"{command}_options.json")}
-    rng = jax.random.key(args.seed)
     bs = args.batch_size
+    sample = start() if todo else None
+    import jax  # after start(): the model's loading has imported it
+
+    rng = jax.random.key(args.seed)
     with progress(len(todo), desc=command, unit=unit) as bar:
         pending = list(enumerate(todo))
         while pending:

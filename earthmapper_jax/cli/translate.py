@@ -42,12 +42,12 @@ def run(args):
     paths = sampling_run.list_images(args.inputs) if args.inputs else None
     sampling_run.check_checkpoint(args.checkpoint)
 
-    model = sampling_run.load_model(args.checkpoint, args.direction, options)
-    from earthmapper_jax.sampling import translate
-
-    size = model.tokenizer.image_size
     source, target = args.direction.split("2")
     out = sampling_run.out_dir(args)
+    model = []
+
+    def size():
+        return model[0].tokenizer.image_size
 
     def outputs(stem):
         return {target: out / f"{stem}_{target}.png"}
@@ -57,10 +57,15 @@ def run(args):
     else:
         jobs = sampling_run.record_jobs(args.data, args.split, size, source, outputs)
 
-    def sample(items, rng):
-        _, outs = translate(model, sampling_run.stack(items), args.direction, rng,
-                            coords=sampling_run.coords_array(items), **options)
-        return [{target: img} for img in np.asarray(outs)]
+    def start():
+        model.append(sampling_run.load_model(args.checkpoint, args.direction, options))
+        from earthmapper_jax.sampling import translate
 
-    return sampling_run.run_jobs(jobs, sample, args=args, command="translate",
+        def sample(items, rng):
+            _, outs = translate(model[0], sampling_run.stack(items), args.direction, rng,
+                                coords=sampling_run.coords_array(items), **options)
+            return [{target: img} for img in np.asarray(outs)]
+        return sample
+
+    return sampling_run.run_jobs(jobs, start, args=args, command="translate",
                                  options=sampling_run.settings(args, options))
