@@ -28,6 +28,7 @@ coordinates and tile ids are used.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import pathlib
@@ -209,16 +210,17 @@ def run_jobs(jobs: list[Job], start: Callable, *, args, command: str, options: d
     done = 0
     record = {"command": command, **options, "outputs": _previous_outputs(out / f"{command}_options.json")}
     bs = args.batch_size
-    sample = start() if todo else None
-    import jax  # after start(): the model's loading has imported it
+    if todo:
+        sample = start()
+        import jax  # after start(): loading the model has imported it
 
-    rng = jax.random.key(args.seed)
+        rng = jax.random.key(args.seed)
     with progress(len(todo), desc=command, unit=unit) as bar:
-        pending = list(enumerate(todo))
+        pending = collections.deque(enumerate(todo))
         while pending:
             batch = []
             while pending and len(batch) < bs:
-                index, job = pending.pop(0)
+                index, job = pending.popleft()
                 try:
                     batch.append((index, job, job.load()))
                 except EarthMapperError as e:
