@@ -354,7 +354,7 @@ def test_translate_cli(model, tok, tmp_path, capsys):
     rc = cli_main(["translate", "--checkpoint", str(d), "--direction", "map2sat", str(src), "--out", str(out),
                "--batch-size", "2", "--top-k", "1", "--guidance", "0,0,0", "--coords", "30,120"])
     assert rc == 0
-    assert sorted(p.name for p in out.iterdir()) == ["a_sat.png", "b_sat.png", "c_sat.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["a_sat.png", "b_sat.png", "c_sat.png", "translate_options.json"]
     assert Image.open(out / "a_sat.png").size == (S_PX, S_PX)
     Image.fromarray(np.zeros((64, 32, 3), np.uint8)).save(src / "bad.png")
     rc = cli_main(["translate", "--checkpoint", str(d), "--direction", "map2sat", str(src / "bad.png"), "--out", str(out)])

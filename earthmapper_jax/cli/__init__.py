@@ -9,13 +9,13 @@ import argparse
 import os
 import sys
 
-from earthmapper_jax.cli import (convert, evaluate, inspect_cmd, plot, prepare, reconstruct, train,
-                                 translate, translate_area)
+from earthmapper_jax.cli import (convert, evaluate, generate, inpaint, inspect_cmd, outpaint, plot,
+                                 prepare, reconstruct, train, translate, translate_area)
 from earthmapper_jax.errors import EarthMapperError, print_error_line
 
 # In `earthmapper --help` order.
 SUBCOMMANDS = (prepare, inspect_cmd, convert, reconstruct, train, translate, translate_area,
-               evaluate, plot)
+               generate, inpaint, outpaint, evaluate, plot)
 
 
 def build_parser():
