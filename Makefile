@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 PYTHON_BOOT ?= $(shell for p in python3.13 python3.12 $$(ls -d $$HOME/.pyenv/versions/3.1[2-9]*/bin/python 2>/dev/null | sort -rV); do \
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' 2>/dev/null && { command -v $$p; break; }; done)
 
-.PHONY: venv test demo clean fixtures bench
+.PHONY: venv test demo clean fixtures bench mutation
 
 venv: $(STAMP)
 
@@ -40,6 +40,12 @@ demo: venv
 # torch Python, and its --cpu-smoke only checks that pipeline at tiny shapes (no performance).
 bench: venv
 	$(PY) benchmarks/bench_model.py --model tiny --batch 8 --steps 5 --sample-batch 8 --latency
+
+# Planted one-line mistakes in the modules whose errors are silent (masks, loss masking, GAN
+# stop-gradients, sampling filter/temperature, conventions, bf16), each run against the tests
+# that must catch it (tests/mutants.py; docs/testing.md records a run). Not part of `make test`.
+mutation: venv
+	$(PY) tests/mutants.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache
