@@ -13,7 +13,7 @@ The loop is earthmapper_jax/evaluation/run.py.
 
 from __future__ import annotations
 
-from earthmapper_jax.cli.translate import _float_list
+from earthmapper_jax.cli import sampling_args
 from earthmapper_jax.errors import InputError
 
 def register(subparsers):
@@ -49,28 +49,8 @@ def register(subparsers):
     p.add_argument("--quiet", action="store_true", help="no progress reports")
     # Sampling: the same flags as `earthmapper translate`; unset = the model's config, else the
     # sampler's defaults (the paper's guidance triple per direction).
-    p.add_argument("--guidance", default=None, metavar="W_GEO,W_COND,W_BOTH",
-                   help="multi-term CFG weights for every direction")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--kpf-tau", type=float, default=None, help="Key Point Force threshold")
-    p.add_argument("--no-complexity", action="store_true", help="plain linear CFG ramp")
-    p.add_argument("--bf16", action="store_true", help="sample in bfloat16")
+    sampling_args.add_sampling_options(p.add_argument_group("sampling"))
     p.set_defaults(func=run)
-
-
-def sampling_options(args) -> dict:
-    opts = {"top_k": args.top_k, "top_p": args.top_p, "temperature": args.temperature,
-            "kpf_tau": args.kpf_tau}
-    opts = {k: v for k, v in opts.items() if v is not None}
-    if args.guidance:
-        opts["guidance"] = tuple(_float_list(args.guidance, 3, "--guidance"))
-    if args.no_complexity:
-        opts["complexity"] = False
-    if args.bf16:
-        opts["dtype"] = "bfloat16"
-    return opts
 
 
 def run(args):
@@ -81,7 +61,7 @@ def run(args):
     directions = ("sat2map", "map2sat") if args.direction == "both" else (args.direction,)
     req = Request(data=args.data, split=args.split, out=args.out, directions=directions,
                   checkpoint=args.checkpoint, generated=args.generated, seed=args.seed,
-                  batch_size=args.batch_size, limit=args.limit, sampling=sampling_options(args),
+                  batch_size=args.batch_size, limit=args.limit, sampling=sampling_args.sampler_options(args),
                   inception_weights=args.inception_weights, lpips_backbone=args.lpips_backbone,
                   lpips_weights=args.lpips_weights, lpips_net=args.lpips_net,
                   no_lpips=args.no_lpips, cache_dir=args.cache_dir, resume=args.resume,

@@ -80,17 +80,24 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="redo outputs that exist (default: a rerun skips finished outputs)")
     g.add_argument("--batch-size", type=int, default=8)
     g.add_argument("--seed", type=int, default=0)
+    add_sampling_options(g)
+
+
+def add_sampling_options(g) -> None:
+    """The token sampler's flags (a parser or an argument group). Unset flags leave the option
+    to the caller's default: the sampler's (the paper's triple per direction, top-k 100,
+    top-p 0.55, KPF τ 0.95), or for `evaluate` the model config's sampling section first."""
     g.add_argument("--guidance", default=None, metavar="W_GEO,W_COND,W_BOTH",
                    help="multi-term CFG weights (default: the paper's triple for the mode)")
-    g.add_argument("--top-k", type=int, default=100)
-    g.add_argument("--top-p", type=float, default=0.55)
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--guidance-form", default="nested", choices=("nested", "independent"),
-                   help="nested: ControlVAR's chain, equal triples = plain CFG (default); "
+    g.add_argument("--guidance-form", default=None, choices=("nested", "independent"),
+                   help="nested: ControlVAR's chain, equal triples = plain CFG (the default); "
                         "independent: one summed term per condition (docs/guidance.md)")
+    g.add_argument("--top-k", type=int, default=None, help="default 100")
+    g.add_argument("--top-p", type=float, default=None, help="default 0.55")
+    g.add_argument("--temperature", type=float, default=None, help="default 1.0")
     g.add_argument("--kpf-tau", type=float, default=None,
-                   help="Key Point Force threshold τ (default: the sampler's, 0.95; acts only "
-                        "with a condition image; docs/guidance.md)")
+                   help="Key Point Force threshold τ (default 0.95; acts only with a condition "
+                        "image; docs/guidance.md)")
     g.add_argument("--no-kpf", action="store_true", help="switch Key Point Force off")
     g.add_argument("--no-complexity", action="store_true", help="plain linear CFG ramp")
     g.add_argument("--bf16", action="store_true", help="sample in bfloat16")
@@ -112,16 +119,20 @@ def add_tile_coords_options(p: argparse.ArgumentParser) -> None:
 
 
 def sampler_options(args) -> dict:
-    guidance = None
-    if args.guidance is not None:
-        guidance = tuple(_floats(args.guidance, 3, "--guidance", "W_GEO,W_COND,W_BOTH"))
-    if args.batch_size < 1:
+    """The sampler keyword options the command line sets (unset flags are left out)."""
+    if getattr(args, "batch_size", 1) < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
-    options = dict(guidance=guidance, top_k=args.top_k, top_p=args.top_p,
-                   temperature=args.temperature, guidance_form=args.guidance_form,
-                   complexity=not args.no_complexity, dtype="bfloat16" if args.bf16 else None)
+    options = {k: v for k, v in (("top_k", args.top_k), ("top_p", args.top_p),
+                                 ("temperature", args.temperature),
+                                 ("guidance_form", args.guidance_form)) if v is not None}
+    if args.guidance is not None:
+        options["guidance"] = tuple(_floats(args.guidance, 3, "--guidance", "W_GEO,W_COND,W_BOTH"))
     if args.no_kpf:
         options["kpf_tau"] = None  # off
     elif args.kpf_tau is not None:
-        options["kpf_tau"] = args.kpf_tau  # else the sampler's default
+        options["kpf_tau"] = args.kpf_tau
+    if args.no_complexity:
+        options["complexity"] = False
+    if args.bf16:
+        options["dtype"] = "bfloat16"
     return options

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import pathlib
 
+from earthmapper_jax.cli import sampling_args
 from earthmapper_jax.errors import InputError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -45,25 +46,8 @@ def register(subparsers):
     # Sampling flags as `translate` has them (to be unified with a shared sampling_args module).
     p.add_argument("--batch-size", type=int, default=8, help="tiles per sampler call")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--guidance", default=None, metavar="W_GEO,W_COND,W_BOTH",
-                   help="multi-term CFG weights (default: the paper's triple for the direction)")
-    p.add_argument("--top-k", type=int, default=100)
-    p.add_argument("--top-p", type=float, default=0.55)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--kpf-tau", type=float, default=None, help="Key Point Force threshold (off by default)")
-    p.add_argument("--no-complexity", action="store_true", help="plain linear CFG ramp")
-    p.add_argument("--bf16", action="store_true", help="sample in bfloat16")
+    sampling_args.add_sampling_options(p.add_argument_group("sampling (as `earthmapper translate`)"))
     p.set_defaults(func=run)
-
-
-def _numbers(text: str, n: int, flag: str) -> list[float]:
-    try:
-        vals = [float(v) for v in text.split(",")]
-    except ValueError:
-        vals = []
-    if len(vals) != n:
-        raise InputError(f"{flag} {text!r}: expected {n} comma-separated numbers")
-    return vals
 
 
 def run(args):
@@ -86,8 +70,8 @@ def run(args):
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     coords = None
     if args.coords:
-        coords = tuple(float(v) for v in validate_coords(_numbers(args.coords, 2, "--coords"), 1)[0])
-    guidance = _numbers(args.guidance, 3, "--guidance") if args.guidance else None
+        coords = tuple(float(v) for v in validate_coords(sampling_args.parse_coords(args.coords), 1)[0])
+    options = sampling_args.sampler_options(args)
     for flag, v in (("--gsd", args.gsd), ("--model-gsd", args.model_gsd)):
         if v is not None and not v > 0:
             raise InputError(f"{flag} must be > 0 metres per pixel, got {v}")
@@ -112,9 +96,6 @@ def run(args):
             raise InputError(f"{scene.name}: scene is {scene.width}×{scene.height} px, smaller than one "
                              f"{size}×{size} tile of the model")
         plan = Plan(scene.height, scene.width, size, overlap, args.seam)
-        options = dict(guidance=guidance, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
-                       kpf_tau=args.kpf_tau, complexity=not args.no_complexity,
-                       dtype="bfloat16" if args.bf16 else None)
         settings = dict(scene=os.path.abspath(args.scene), size=[scene.height, scene.width],
                         checkpoint=os.path.abspath(args.checkpoint), direction=args.direction,
                         seam=args.seam, overlap=overlap, scale=scale, seed=args.seed, batch=args.batch_size,
