@@ -176,7 +176,8 @@ def test_evaluate_translation_gives_every_figure_for_a_loaded_model():
                 vocab_size=V, z_channels=4, image_size=16, patch_nums=PNS)
     tok = tok_lib.Tokenizer(tok_lib.init_params(tcfg, jax.random.key(0)), tcfg)
     mc = em.model_config("tiny", patch_nums=PNS, vocab_size=V, cvae=4, depth=1, embed_dim=32,
-                         num_heads=1, si_layer=0, si_weight=0.0, coloc_cond=True)
+                         num_heads=1, si_layer=0, si_weight=0.0, directed_rate=0.5,
+                         coloc_cond=True)
     model = Model(mc, em.init_params(mc, jax.random.key(1)), tok)
     sat, mp = _city(8, size=32)
     sat, mp = sat[:, ::2, ::2], mp[:, ::2, ::2]  # 16 px tiles for the 16 px tokenizer
