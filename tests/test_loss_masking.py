@@ -132,7 +132,10 @@ def _probed_loss(params, tok, *, directed_rate, modality_drop_rate, B=8, seed=0)
     returns (grad wrt logits (B, L, V), grad wrt SI (B, L, D), the module's inputs, logits)."""
     mc = em.model_config("tiny", attention="einsum", patch_nums=PN, vocab_size=64,
                          directed_rate=directed_rate, modality_drop_rate=modality_drop_rate,
-                         coord_drop_rate=0.0, drop_path_rate=0.0)
+                         coord_drop_rate=0.0, drop_path_rate=0.0,
+                         # the SI form the weights below are written for (the paper's "sqnorm"
+                         # on reconstruction targets is tests/test_si.py's)
+                         si_loss="mse", si_target="image")
     config = {"model": mc}
     frozen = emt.Frozen.of(tok.params, tok.config)
     r = np.random.default_rng(seed)

@@ -29,7 +29,7 @@ def env() -> dict:
 def build(root) -> dict:
     import jax
 
-    from configs import earthmapper_train
+    from configs import earthmapper_tiny
     from earthmapper_jax import tokenizer as tokenizer_lib
     from earthmapper_jax.data_prep import synthetic as syn_prep
     from earthmapper_jax.train.trainer import train_and_evaluate
@@ -39,7 +39,7 @@ def build(root) -> dict:
     data, tok_dir, run = root / "data", root / "tokenizer", root / "run"
     syn_prep.prepare(data, 24, size=size, seed=0, val_fraction=1 / 3, workers=1, progress=False)
     tokenizer_lib.Tokenizer.init(MICRO_TOKENIZER, jax.random.key(0)).save(tok_dir)
-    config = earthmapper_train.get_config("tiny")
+    config = earthmapper_tiny.get_config("paper_tiny")
     config.model.update(depth=2, embed_dim=64, num_heads=2, patch_nums=MICRO_TOKENIZER["patch_nums"],
                         vocab_size=MICRO_TOKENIZER["vocab_size"], tokenizer_dir=str(tok_dir))
     config.data.dir = str(data)
