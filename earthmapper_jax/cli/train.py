@@ -68,6 +68,8 @@ def _check_override_keys(config, config_arg, overrides):
     """InputError for the first override naming no field, with the closest valid key."""
     keys = _dotted_keys(config)
     for o in overrides:
+        if not o.startswith("--config."):
+            continue  # the value of a space-separated override: --config.optim.base_lr 0.5
         key = o.split("=", 1)[0][len("--config."):]
         if key in keys:
             continue
