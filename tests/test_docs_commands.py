@@ -139,7 +139,9 @@ def test_readme_train_on_real_data(workspace):
 
 
 @pytest.mark.slow
-def test_training_md_papers_run(workspace):
+def test_training_md_papers_run(tmp_path_factory):
+    # its own workspace: the README block converts into the same ckpt/ paths
+    workspace = make_workspace(tmp_path_factory.mktemp("docs_training"))
     cmds = bash_blocks("docs/training.md", "## CNSatMap (the paper's run)")
     assert any("cnsatmap_d24" in c for c in cmds)
     _run_block(cmds, workspace)

@@ -47,6 +47,9 @@ def _show(v):
 
 def check_earthmapper(config) -> list[str]:
     mc, notes = config.model, []
+    var_dir = mc.get("var_init", "") or ""
+    if var_dir == VAR_INIT_REQUIRED:  # config only: before any file is read
+        raise InputError(VAR_INIT_MISSING)
     tok_dir = mc.get("tokenizer_dir", "") or ""
     if not tok_dir:
         raise InputError("config.model.tokenizer_dir is not set: EarthMapper trains on a frozen "
@@ -56,11 +59,7 @@ def check_earthmapper(config) -> list[str]:
         tok = read_config(tok_dir, expect_kind="tokenizer")["config"]
     except CheckpointError as e:
         raise CheckpointError(f"--config.model.tokenizer_dir: {e}") from None
-    var_dir = mc.get("var_init", "") or ""
-    if var_dir == VAR_INIT_REQUIRED:
-        raise InputError(VAR_INIT_MISSING)
-    if var_dir == VAR_INIT_NONE:
-        var_dir = ""
+    var_dir = "" if var_dir == VAR_INIT_NONE else var_dir
     for mine, theirs, what in _SHARED_FIELDS:
         have, want = _norm(mc[mine]), _norm(tok[theirs])
         if have == want:
