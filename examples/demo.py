@@ -107,9 +107,10 @@ def _condition_figures(model_dir, data, out) -> dict:
     _say(f"  teacher-forced target (gain CI > 0 at every scale >= 1, both ways): "
          f"{'met' if ok else 'NOT met at ' + str(fails)}; modality classifier held-out accuracy "
          f"{100 * res['classifier_accuracy']:.0f} %")
-    # TODO(lead): pix2pix's layout gap at equal wall time next to these, once the pix2pix
-    # baseline (configs/pix2pix.py, `earthmapper translate` on its model) is in this branch.
-    _say("  pix2pix at equal wall time: TODO (baseline not in this branch yet)")
+    # The pix2pix baseline's figures on the same kind of tiles: benchmarks/pix2pix_reference.py
+    # (benchmarks/RESULTS.md); the demo does not train it, to stay within its time budget.
+    _say("  baseline: pix2pix's layout gap on these tiles is benchmarks/pix2pix_reference.py's "
+         "(benchmarks/RESULTS.md)")
     return res
 
 
