@@ -62,8 +62,14 @@ def run(args):
         model.append(sampling_run.load_model(args.checkpoint, args.direction, options))
         from earthmapper_jax.sampling import translate
 
-        # pix2pix takes none of the token sampler's options
-        opts = {} if model[0].mode == "pix2pix" else options
+        # pix2pix: one direction per model (a whole-run error, before any tile), and none of
+        # the token sampler's options
+        opts = options
+        if model[0].mode == "pix2pix":
+            from earthmapper_jax.sampling.pix2pix_sampler import check_direction
+
+            check_direction(model[0], args.direction)
+            opts = {}
 
         def sample(items, rng):
             _, outs = translate(model[0], sampling_run.stack(items), args.direction, rng,

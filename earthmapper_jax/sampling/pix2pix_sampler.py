@@ -35,15 +35,20 @@ def _check_images(images, size: int):
     return jnp.asarray(images, jnp.float32)
 
 
+def check_direction(model, direction) -> None:
+    """InputError unless `direction` is the one direction this pix2pix model was trained for."""
+    if direction not in DIRECTIONS:
+        raise InputError(f"unknown direction {direction!r}; expected one of {list(DIRECTIONS)}")
+    if direction != model.config.direction:
+        raise InputError(f"this pix2pix model translates {model.config.direction} only "
+                         f"(asked for {direction}; pix2pix trains one model per direction)")
+
+
 def translate(model, images, direction, rng, coords=None, dropout=None):
     """Source tiles -> target tiles (see module doc)."""
     del coords
     c = model.config
-    if direction not in DIRECTIONS:
-        raise InputError(f"unknown direction {direction!r}; expected one of {list(DIRECTIONS)}")
-    if direction != c.direction:
-        raise InputError(f"this pix2pix model translates {c.direction} only "
-                         f"(asked for {direction}; pix2pix trains one model per direction)")
+    check_direction(model, direction)
     x = _check_images(images, int(c.image_size))
     on = bool(c.get("test_dropout", True)) if dropout is None else bool(dropout)
     fn = model.cached_jit(("pix2pix_translate", on),
