@@ -26,12 +26,19 @@ def print_error_line(line: str, *, last: bool = True) -> None:
     TensorStore reads completing into a closed asyncio loop after a failed restore print
     "Event loop is closed" tracebacks) cannot add lines after it; in-process callers (tests)
     pass last=False."""
-    print(line, file=sys.stderr, flush=True)
     if not last:
+        print(line, file=sys.stderr, flush=True)
         return
+    # fd 2 goes to /dev/null *before* the line is written (to a copy of the real fd 2), so a
+    # library thread cannot slip a traceback in between the line and the redirect.
     try:
+        sys.stderr.flush()
+        real = os.dup(sys.stderr.fileno())
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stderr.fileno())
         os.close(devnull)
-    except (OSError, ValueError, AttributeError):  # no real fd 2 (captured, closed): skip
-        pass
+    except (OSError, ValueError, AttributeError):  # no real fd 2 (captured, closed): plain print
+        print(line, file=sys.stderr, flush=True)
+        return
+    os.write(real, (line + "\n").encode("utf-8", "replace"))
+    os.close(real)
