@@ -5,8 +5,6 @@ Everything here is abstract (`jax.eval_shape`) except the small equivalence chec
 The conftest gives 8 simulated CPU devices.
 """
 
-import importlib
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -14,6 +12,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from configs import tokenizer_var
 from earthmapper_jax import tokenizer as tok_lib
 from earthmapper_jax.errors import EarthMapperError
 from earthmapper_jax.io.pth import load_state_dict
@@ -39,7 +38,7 @@ def _var_boxed(name, **overrides):
 
 
 def _tokenizer_boxed(arg, gan=False):
-    config = importlib.import_module("configs.tokenizer_var").get_config(arg)
+    config = tokenizer_var.get_config(arg)
     if gan:
         config.loss.gan_weight = 0.1
     return jax.eval_shape(lambda: losses.init_params(config, jax.random.key(0)))

@@ -105,9 +105,9 @@ def test_batch_assembly_splits_over_data_axes():
 
 
 def _d16_config(**model):
-    import importlib
+    from configs import earthmapper_train
 
-    config = importlib.import_module("configs.earthmapper_train").get_config("cnsatmap_d16")
+    config = earthmapper_train.get_config("cnsatmap_d16")
     for k, v in model.items():
         config.model[k] = v
     return config

@@ -90,10 +90,7 @@ def run_painting(args, command: str, mask_for) -> int:
     if args.modality not in MODALITIES:
         raise InputError(f"--modality {args.modality!r}: expected sat or map")
     options = sampling_args.sampler_options(args)
-    if bool(args.inputs) == bool(args.data):
-        raise InputError("give image files/folders or --data DIR (--split), not both or neither")
-    resolver = sampling_run.TileCoords(args.coords, args.coords_file)
-    paths = sampling_run.list_images(args.inputs) if args.inputs else None
+    resolver, paths = sampling_run.tile_sources(args)
     if args.condition and (paths is None or len(paths) != 1):
         raise InputError("--condition needs exactly one input image")
     sampling_run.check_checkpoint(args.checkpoint)

@@ -162,6 +162,15 @@ def record_jobs(data_dir, split: str, size: Callable[[], int], modality: str, ou
     return jobs
 
 
+def tile_sources(args):
+    """(coordinate resolver, image paths or None for --data) of a sampling command; exactly one
+    of image files/folders and --data must be given."""
+    if bool(args.inputs) == bool(args.data):
+        raise InputError("give image files/folders or --data DIR (--split), not both or neither")
+    resolver = TileCoords(args.coords, args.coords_file)
+    return resolver, (list_images(args.inputs) if args.inputs else None)
+
+
 def check_checkpoint(directory, kinds=("earthmapper",)) -> None:
     """Before anything heavy: the directory holds a model of one of `kinds` (one line if not)."""
     from earthmapper_jax.io.checkpoint import read_config

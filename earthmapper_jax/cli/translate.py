@@ -36,10 +36,7 @@ def run(args):
     if args.direction not in DIRECTIONS:
         raise InputError(f"unknown direction {args.direction!r}; expected one of {list(DIRECTIONS)}")
     options = sampling_args.sampler_options(args)
-    if bool(args.inputs) == bool(args.data):
-        raise InputError("give image files/folders or --data DIR (--split), not both or neither")
-    resolver = sampling_run.TileCoords(args.coords, args.coords_file)
-    paths = sampling_run.list_images(args.inputs) if args.inputs else None
+    resolver, paths = sampling_run.tile_sources(args)
     sampling_run.check_checkpoint(args.checkpoint, kinds=("earthmapper", "pix2pix"))
 
     source, target = args.direction.split("2")
