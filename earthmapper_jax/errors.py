@@ -1,7 +1,10 @@
 """User-facing errors: the CLI prints these as one line, never as a traceback."""
 
+import contextlib
 import os
 import sys
+import tempfile
+import time
 
 
 class EarthMapperError(Exception):
@@ -42,3 +45,45 @@ def print_error_line(line: str, *, last: bool = True) -> None:
         return
     os.write(real, (line + "\n").encode("utf-8", "replace"))
     os.close(real)
+
+
+@contextlib.contextmanager
+def quiet_on_failure(settle_s: float = 0.1, max_wait_s: float = 2.0):
+    """Holds what is written to fd 2 inside the block. On success it is passed on unchanged; on
+    an exception it is dropped after the writes have settled (no new byte for `settle_s`, at most
+    `max_wait_s`): a failed Orbax/TensorStore restore leaves reads in flight whose threads print
+    "Event loop is closed" tracebacks at C level (no Python hook sees them) shortly after the
+    exception, and the caller's one-line error must not come with them."""
+    try:
+        sys.stderr.flush()
+        fd = sys.stderr.fileno()
+        real = os.dup(fd)
+    except (OSError, ValueError, AttributeError):  # no real fd 2 (captured by a test runner)
+        yield
+        return
+    hold = tempfile.TemporaryFile()
+    os.dup2(hold.fileno(), fd)
+    failed = False
+    try:
+        yield
+    except BaseException:
+        failed = True
+        size, quiet_since, start = -1, time.monotonic(), time.monotonic()
+        while time.monotonic() - start < max_wait_s:
+            now = os.fstat(hold.fileno()).st_size
+            if now != size:
+                size, quiet_since = now, time.monotonic()
+            elif time.monotonic() - quiet_since >= settle_s:
+                break
+            time.sleep(0.02)
+        raise
+    finally:
+        sys.stderr.flush()
+        os.dup2(real, fd)
+        os.close(real)
+        if not failed:
+            hold.seek(0)
+            kept = hold.read()
+            if kept:
+                os.write(fd, kept)
+        hold.close()

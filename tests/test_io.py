@@ -1,5 +1,9 @@
 """The .pth reader/writer and the model-directory format."""
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
@@ -87,3 +91,25 @@ def test_model_directory_shape_mismatch(tmp_path):
     d = checkpoint.save_params(tmp_path / "m", params, {}, kind="var")
     with pytest.raises(CheckpointError, match=r"\[.w.\] has shape \(2, 3\), expected \(4, 3\)"):
         checkpoint.load_params(d, target={"w": np.zeros((4, 3), np.float32)})
+
+
+def test_quiet_on_failure_keeps_output_of_success_and_drops_late_writes_of_failure():
+    """A thread that writes to fd 2 shortly after the block failed (TensorStore's readers after a
+    failed restore) is dropped; what a successful block writes reaches stderr unchanged."""
+    code = textwrap.dedent("""
+        import os, threading
+        from earthmapper_jax.errors import quiet_on_failure
+        with quiet_on_failure():
+            os.write(2, b"kept\\n")
+        try:
+            with quiet_on_failure():
+                os.write(2, b"early\\n")
+                threading.Timer(0.05, lambda: os.write(2, b"late\\n")).start()
+                raise ValueError
+        except ValueError:
+            pass
+        os.write(2, b"end\\n")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == "kept\nend\n"

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from earthmapper_jax.errors import CheckpointError
+from earthmapper_jax.errors import CheckpointError, quiet_on_failure
 from earthmapper_jax.io import files
 from earthmapper_jax.io.model_dir import (CONFIG_FILE, FORMAT_VERSION, PARAMS_DIR, read_config,
                                           verify_checksums, write_checksums)
@@ -76,11 +76,12 @@ def load_params(directory, *, expect_kind: str | None = None, target=None):
     verify_checksums(directory)  # a flipped byte must not load as plausible weights
     ckptr = ocp.StandardCheckpointer()
     try:
-        if target is None:
-            params = ckptr.restore(pdir)
-        else:
-            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-            params = ckptr.restore(pdir, abstract)
+        with quiet_on_failure():
+            if target is None:
+                params = ckptr.restore(pdir)
+            else:
+                abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+                params = ckptr.restore(pdir, abstract)
     except Exception as e:  # noqa: BLE001 - orbax raises many types; say it in one line
         msg = (str(e).splitlines() or [type(e).__name__])[0][:300]
         raise CheckpointError(f"{directory}: cannot restore params ({msg})") from None

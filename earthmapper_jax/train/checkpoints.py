@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as ocm
 
-from earthmapper_jax.errors import CheckpointError
+from earthmapper_jax.errors import CheckpointError, quiet_on_failure
 from earthmapper_jax.train.state import TrainState
 
 
@@ -115,7 +115,8 @@ class Checkpointer:
         if data_iter is not None:
             items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
         try:
-            restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+            with quiet_on_failure():  # a damaged step must not print reader-thread tracebacks
+                restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         except (ValueError, KeyError, FileNotFoundError) as e:
             raise CheckpointError(
                 f"cannot restore step {step} from {self.directory}: {e} (was it written by a "
