@@ -25,7 +25,10 @@ Its "decoder" turns f_hat back into class fractions: maps are scored by the patc
 Baselines for sat->map on held-out tiles (greedy decoding, no guidance):
   majority    the most frequent training map token of each scale, everywhere;
   coords_only the same model generating the pair from the coordinates alone (the map half of
-              joint generation): what the model knows without the satellite image.
+              joint generation): what the model knows without the satellite image;
+  lookup      reading the map off the satellite without learning: at every token position, the
+              map token seen most often in training with the held-out tile's satellite token at
+              that position (the majority token of the position where that pair never occurred).
 """
 
 from __future__ import annotations
@@ -209,32 +212,62 @@ def train(tok, tokens_sat, tokens_map, coords, *, steps, batch=32, lr=2e-3, dept
     return Model(mc, params, tok), time.time() - t0, {k: float(v) for k, v in m.items()}
 
 
-def evaluate(model, sat, mp, coords, train_map_tokens, baselines=True, **sample_kw):
+def lookup_baseline(train_sat_tokens, train_map_tokens, test_sat_tokens, vocab):
+    """(N_test, L) map tokens read off the satellite tokens by the per-position table (module
+    doc, `lookup`)."""
+    n, length = train_sat_tokens.shape
+    counts = np.zeros((length, vocab, vocab), np.int64)
+    pos = np.broadcast_to(np.arange(length), (n, length))
+    np.add.at(counts, (pos, train_sat_tokens, train_map_tokens), 1)
+    seen = counts.sum(-1)  # (L, V): how often each satellite token occurred at each position
+    best = counts.argmax(-1)
+    fallback = counts.sum(1).argmax(-1)  # the position's majority map token
+    table = np.where(seen > 0, best, fallback[:, None])
+    return table[np.arange(length)[None], test_sat_tokens]
+
+
+def evaluate(model, sat, mp, coords, train_map_tokens, baselines=True, train_sat_tokens=None,
+             **sample_kw):
     """Held-out sat->map figures of the model and the baselines: token accuracy (overall and
     per scale) and patch-class accuracy of the decoded map (against the tokenizer's own
     reconstruction of the real map). The model translates greedily, without guidance or Key
-    Point Force unless `sample_kw` says otherwise; baselines=False skips coords_only/majority."""
+    Point Force unless `sample_kw` says otherwise; baselines=False skips coords_only/majority;
+    `train_sat_tokens` adds the `lookup` baseline."""
     tok = model.tokenizer
-    pns = tuple(model.config.patch_nums)
     true = tokens_of(tok, mp)
     kw = dict(top_k=1, top_p=0.0, guidance=(0.0, 0.0, 0.0), kpf_tau=None, decode=False)
     kw.update(sample_kw)
     maps, _ = S.translate(model, sat, "sat2map", jax.random.key(0), coords=coords, **kw)
-    pred = np.asarray(scales.flatten_tokens(maps))
+    rows = {"model": np.asarray(scales.flatten_tokens(maps))}
+    if baselines:
+        (_, gen_map), _ = S.generate(model, coords, jax.random.key(0), top_k=1, top_p=0.0,
+                                     guidance=(0.0, 0.0, 0.0), decode=False)
+        rows["coords_only"] = np.asarray(scales.flatten_tokens(gen_map))
+        rows.update(token_baselines(tok, train_sat_tokens, train_map_tokens, sat, len(true)))
+    return score(tok, rows, true)
+
+
+def token_baselines(tok, train_sat_tokens, train_map_tokens, sat, n):
+    """{"majority": ..., "lookup": ...} (N, L) map tokens of the baselines that need no model
+    (`lookup` only when `train_sat_tokens` is given)."""
+    offsets = scales.scale_offsets(tuple(tok.config["patch_nums"]))
+    out = {"majority": np.concatenate([
+        np.full(e - b, np.bincount(train_map_tokens[:, b:e].ravel(), minlength=tok.vocab_size).argmax())
+        for b, e in offsets])[None].repeat(n, 0)}
+    if train_sat_tokens is not None:
+        out["lookup"] = lookup_baseline(np.asarray(train_sat_tokens), np.asarray(train_map_tokens),
+                                        tokens_of(tok, sat), tok.vocab_size)
+    return out
+
+
+def score(tok, rows, true):
+    """acc_NAME (all tokens), acc_NAME_per_scale and class_acc_NAME (patch class of the decoded
+    map against the tokenizer's reconstruction of the real one) for each {NAME: (N, L) tokens}."""
+    pns = tuple(tok.config["patch_nums"])
     offsets = scales.scale_offsets(pns)
     true_cls = tok.patch_classes(scales.split_tokens(jnp.asarray(true), pns))
-    if not baselines:
-        return {"acc_model": float((pred == true).mean()),
-                "acc_model_per_scale": [float((pred[:, b:e] == true[:, b:e]).mean()) for b, e in offsets],
-                "class_acc_model": float((tok.patch_classes(maps) == true_cls).mean())}
-    (_, gen_map), _ = S.generate(model, coords, jax.random.key(0), top_k=1, top_p=0.0,
-                                 guidance=(0.0, 0.0, 0.0), decode=False)
-    coords_only = np.asarray(scales.flatten_tokens(gen_map))
-    majority = np.concatenate([
-        np.full(e - b, np.bincount(train_map_tokens[:, b:e].ravel(), minlength=tok.vocab_size).argmax())
-        for b, e in offsets])[None].repeat(len(true), 0)
     out = {}
-    for name, t in (("model", pred), ("coords_only", coords_only), ("majority", majority)):
+    for name, t in rows.items():
         out[f"acc_{name}"] = float((t == true).mean())
         out[f"acc_{name}_per_scale"] = [float((t[:, b:e] == true[:, b:e]).mean()) for b, e in offsets]
         out[f"class_acc_{name}"] = float((tok.patch_classes(scales.split_tokens(jnp.asarray(t), pns)) == true_cls).mean())
@@ -263,7 +296,7 @@ def run(*, n_train=2400, n_test=64, steps=800, vocab=16, seed=0, log=None, sampl
     defaults = dict(within_scale="group", directed_rate=0.5, width=64, lr=3e-3)
     defaults.update(train_kw)
     model, t_train, last = train(tok, ts, tm, coords[tr], steps=steps, seed=seed, log=log, **defaults)
-    out = evaluate(model, sat[te], mp[te], coords[te], tm, **(sample_kw or {}))
+    out = evaluate(model, sat[te], mp[te], coords[te], tm, train_sat_tokens=ts, **(sample_kw or {}))
     out.update(seconds_prep=t_prep, seconds_train=t_train, seconds_total=time.time() - t0,
                train_last=last, settings=dict(n_train=n_train, n_test=n_test, steps=steps, vocab=vocab, **defaults))
     return out

@@ -31,3 +31,13 @@ def test_tiny_model_learns_sat_to_map():
     assert r["class_acc_model"] >= max(r["class_acc_majority"], r["class_acc_coords_only"]) + 0.1, summary
     assert per_scale["model"] >= max(per_scale["majority"], per_scale["coords_only"]) + 0.05, summary
     assert r["acc_model"] >= r["acc_coords_only"] + 0.03, summary
+
+
+def test_lookup_baseline_reads_the_most_frequent_map_token_per_position_and_satellite_token():
+    import numpy as np
+    # position 0: sat 1 -> map 2 twice, map 3 once; sat 0 never seen there -> the position's
+    # majority map token (2). position 1: sat 0 -> map 1; sat 1 -> map 0.
+    ts = np.array([[1, 0], [1, 1], [1, 0]])
+    tm = np.array([[2, 1], [2, 0], [3, 1]])
+    got = learning_check.lookup_baseline(ts, tm, np.array([[1, 0], [0, 1]]), vocab=4)
+    np.testing.assert_array_equal(got, [[2, 1], [2, 0]])
