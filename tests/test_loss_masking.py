@@ -181,6 +181,17 @@ def _expected_keep(seen, B):
     return ~skip[:, modality]
 
 
+def test_a_translation_row_drops_only_its_condition_half(params, tok):
+    """Modality dropout in a directed row nulls the condition half (translation guidance's
+    unconditional branch), never the target: every row keeps a loss."""
+    gl, _, seen, _ = _probed_loss(params, tok, directed_rate=1.0, modality_drop_rate=0.9, B=16)
+    direction, null_sat, null_map = seen["direction"], seen["null_sat"], seen["null_map"]
+    assert (null_sat | null_map).sum() >= 8
+    np.testing.assert_array_equal(null_sat, (null_sat | null_map) & (direction == SAT))
+    np.testing.assert_array_equal(null_map, (null_sat | null_map) & (direction == MAP))
+    assert (np.abs(gl).sum((1, 2)) > 0).all(), "a row without any loss term"
+
+
 @pytest.mark.parametrize("directed_rate,drop", [(0.0, 0.0), (1.0, 0.0), (0.0, 0.9), (0.5, 0.5)])
 def test_loss_counts_exactly_the_target_tokens(params, tok, directed_rate, drop):
     gl, gs, seen, batch = _probed_loss(params, tok, directed_rate=directed_rate, modality_drop_rate=drop)

@@ -206,14 +206,18 @@ def loss_fn(params, batch, rng, config, frozen=None):
     r_geo, r_cond, r_which, r_dir, r_lead, r_drop = jax.random.split(rng, 6)
     drop_geo = coord_dropout(r_geo, B, float(mc.coord_drop_rate))
     drop_any = coord_dropout(r_cond, B, float(mc.modality_drop_rate))
-    which = jax.random.bernoulli(r_which, 0.5, (B,))
-    null_sat, null_map = drop_any & ~which, drop_any & which
+    which = jax.random.bernoulli(r_which, 0.5, (B,))  # True: the map half is the dropped one
     direction = None
-    skip_sat, skip_map = null_sat, null_map  # halves without a loss
     if directed_rate > 0:  # translation rows: the condition half shows its own tokens (no loss)
         directed = coord_dropout(r_dir, B, directed_rate)
         cond_m = jax.random.bernoulli(r_lead, 0.5, (B,)).astype(jnp.int32)  # SAT=0 / MAP=1
         direction = jnp.where(directed, cond_m, -1)
+        # a translation row drops only its condition (translation guidance's unconditional
+        # branch); dropping its target would leave the row without any loss
+        which = jnp.where(directed, cond_m == MAP, which)
+    null_sat, null_map = drop_any & ~which, drop_any & which
+    skip_sat, skip_map = null_sat, null_map  # halves without a loss
+    if direction is not None:
         skip_sat, skip_map = skip_sat | (direction == SAT), skip_map | (direction == MAP)
 
     coloc = {} if direction is None else em.coloc_inputs(
