@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 PYTHON_BOOT ?= $(shell for p in python3.13 python3.12 $$(ls -d $$HOME/.pyenv/versions/3.1[2-9]*/bin/python 2>/dev/null | sort -rV); do \
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' 2>/dev/null && { command -v $$p; break; }; done)
 
-.PHONY: venv test demo clean fixtures bench mutation
+.PHONY: venv test test-slow test-all demo clean fixtures bench mutation
 
 venv: $(STAMP)
 
@@ -26,7 +26,17 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	@touch $(STAMP)
 
+# `make test`: the suite without the tests marked `slow` (those that train tiny models for minutes
+# or time out a real multi-process run); `make test-slow` runs exactly those, `make test-all`
+# both. CI (.ci/run) runs `make test` then `make test-slow`: nothing is skipped, only split.
 test: venv
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	@echo "make test: the tests marked slow were deselected above; 'make test-slow' runs them (CI runs both)"
+
+test-slow: venv
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+test-all: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # examples/demo.py is a script of the repository (it reads configs/ beside it), not a module of
