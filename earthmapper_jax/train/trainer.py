@@ -174,9 +174,15 @@ def place_frozen(frozen, mesh):
 
 
 def _evaluate(task, eval_step, state, config, mesh, local_batch, frozen):
+    """Means of eval_fn's scalars over at most config.eval_batches global batches, and
+    eval/examples: how many examples they held."""
     sums, n = {}, 0
-    for i, batch in enumerate(task.eval_data(config, batch_size=local_batch)):
-        if i >= config.get("eval_batches", 8):
+    batches = iter(task.eval_data(config, batch_size=local_batch))
+    for i in range(config.get("eval_batches", 8)):
+        batch = next(batches, None)
+        # A split that does not divide between the hosts leaves some a batch short; an eval
+        # step is a collective, so a host running one more would wait for the others forever.
+        if not _all_have(batch is not None):
             break
         m = jax.device_get(eval_step(state.params, sharding.host_batch_to_global(batch, mesh),
                                      jax.random.fold_in(state.step_key(), 10_000 + i), frozen))
@@ -185,10 +191,18 @@ def _evaluate(task, eval_step, state, config, mesh, local_batch, frozen):
                 sums[k] = sums.get(k, 0.0) + float(v)
         n += 1
     out = {f"eval/{k}": v / max(n, 1) for k, v in sums.items()}
+    out["eval/examples"] = n * local_batch * jax.process_count()
     if task.eval_host is not None:
         host = task.eval_host(state.params, jax.random.fold_in(state.step_key(), 20_000), config, frozen)
         out.update({f"eval/{k}": float(v) for k, v in (host or {}).items()})
     return out
+
+
+def _all_have(flag: bool) -> bool:
+    """True on every process if `flag` is true on every process."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(np.min(multihost_utils.process_allgather(np.int32(flag))))
 
 
 def _all_agree(flag: bool) -> bool:
