@@ -135,12 +135,15 @@ def _check_tokens(tokens_dir, split, tok, tok_dir) -> dict:
     return doc
 
 
+# config.cluster's fields that say where the processes meet (train/hosts.py): all or none.
+CLUSTER_FIELDS = ("coordinator_address", "num_processes", "process_id")
+
 # config.task -> its check; tasks without one (the tokenizer, test tasks) pass through.
 CHECKS = {"earthmapper": check_earthmapper}
 
 
 def check_cluster(config) -> None:
-    """config.cluster (multi-host, train/sharding.maybe_initialize_distributed): set all three
+    """config.cluster (multi-host, train/hosts.maybe_initialize_distributed): set all three
     of coordinator_address, num_processes and process_id, or none; a positive timeout."""
     cluster = config.get("cluster", None)
     if cluster is None:
@@ -149,7 +152,7 @@ def check_cluster(config) -> None:
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
         raise InputError(f"config.cluster.init_timeout_s={timeout!r}: expected a positive "
                          "number of seconds")
-    names = ("coordinator_address", "num_processes", "process_id")
+    names = CLUSTER_FIELDS
     given = {k: cluster.get(k, None) for k in names if cluster.get(k, None) is not None}
     if not given:
         return

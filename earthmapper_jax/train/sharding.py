@@ -28,15 +28,13 @@ saves little), so a bias or norm scale of a test model does not stop a run.
 from __future__ import annotations
 
 import math
-import os
-import threading
 
 import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from earthmapper_jax.errors import EarthMapperError, print_error_line
+from earthmapper_jax.errors import EarthMapperError
 from earthmapper_jax.train.optim import path_name
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -74,48 +72,6 @@ LOGICAL_AXIS_RULES = (
 # Parameters smaller than this may go without logical names (they stay replicated: sharding
 # them costs more in collectives than it saves in memory); larger ones must have names.
 FSDP_MIN_SIZE = 2**14
-
-
-# JAX's own give-up comes this much after ours: XLA aborts the process (a C++ fatal error and a
-# stack trace) when initialization times out, so the watchdog below speaks first.
-_JAX_TIMEOUT_GRACE_S = 30
-CLUSTER_FIELDS = ("coordinator_address", "num_processes", "process_id")
-
-
-def maybe_initialize_distributed(config) -> None:
-    """Starts multi-host JAX when the config or env asks for it.
-
-    Must run before anything touches a device. With config.cluster's coordinator_address,
-    num_processes and process_id set, the processes meet there (any machines, localhost
-    included); unset, `jax.distributed.initialize()` auto-detects TPU pods and Slurm. On a
-    single host it would raise, so it is opt-in. A process that has not met all the others
-    within config.cluster.init_timeout_s prints one line and exits with status 1: a missing
-    host must stop the job, never leave the others waiting.
-    """
-    want = bool(config.get("distributed", False)) or os.environ.get("EARTHMAPPER_DISTRIBUTED") == "1"
-    if not want or jax.distributed.is_initialized():
-        return
-    cluster = config.get("cluster", None) or {}
-    kwargs = {k: cluster.get(k) for k in CLUSTER_FIELDS if cluster.get(k, None) is not None}
-    timeout = int(cluster.get("init_timeout_s", 300))
-    where = kwargs.get("coordinator_address", "the auto-detected coordinator")
-    who = (f"process {kwargs['process_id']} of {kwargs['num_processes']}"
-           if "process_id" in kwargs and "num_processes" in kwargs else "this process")
-
-    def give_up():
-        print_error_line(
-            f"train: error: {who} did not meet all the other processes at {where} within "
-            f"{timeout} s (config.cluster.init_timeout_s): start every process with the same "
-            "coordinator_address and num_processes, each with its own process_id")
-        os._exit(1)  # the main thread is blocked inside XLA's connect, which cannot be interrupted
-
-    watchdog = threading.Timer(timeout, give_up)
-    watchdog.daemon = True
-    watchdog.start()
-    try:
-        jax.distributed.initialize(**kwargs, initialization_timeout=timeout + _JAX_TIMEOUT_GRACE_S)
-    finally:
-        watchdog.cancel()
 
 
 def mesh_shape(mesh_config, n_devices: int) -> tuple[int, ...]:
