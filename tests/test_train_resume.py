@@ -1,26 +1,22 @@
 """Checkpoints: exact resume after SIGKILL, final save on SIGTERM, NaN stop, mesh change."""
 
-import os
 import pathlib
 import signal
-import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from earthmapper_jax.train import checkpoints, optim, sharding, trainer
 from earthmapper_jax.train import state as state_lib
-from earthmapper_jax.train.metrics import read_jsonl
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tests import toy_config as train_toy  # noqa: E402
 from tests import toy_task  # noqa: E402
+from tests import train_runs  # noqa: E402
 
 TOTAL = 60
 COMMON = [f"--config.total_steps={TOTAL}", "--config.log_every_steps=1",
@@ -28,58 +24,34 @@ COMMON = [f"--config.total_steps={TOTAL}", "--config.log_every_steps=1",
 
 
 # Subprocess runs use 2 simulated devices: same code path, faster start-up on 2 cores.
-ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+ENV = train_runs.sim_env(2)
 
 
 def _cmd(workdir, *extra):
-    return [sys.executable, "-m", "earthmapper_jax.main", "--config",
-            str(ROOT / "tests" / "toy_config.py"), "--workdir", str(workdir), *COMMON, *extra]
-
-
-def _history(workdir):
-    return [(r["step"], r["loss"]) for r in read_jsonl(pathlib.Path(workdir) / "metrics.jsonl")
-            if "loss" in r]
+    return train_runs.main_cmd(ROOT / "tests" / "toy_config.py", workdir, *COMMON, *extra)
 
 
 def _final_params(workdir, step=TOTAL):
-    restored = ocp.StandardCheckpointer().restore(
-        pathlib.Path(workdir).absolute() / "checkpoints" / str(step) / "state")
+    restored = train_runs.saved_state(workdir, step)
     return restored["params"], restored["opt_state"]
-
-
-def _last_step(workdir):
-    path = pathlib.Path(workdir) / "metrics.jsonl"
-    if not path.exists():
-        return 0
-    steps = [r["step"] for r in read_jsonl(path)]
-    return max(steps, default=0)
 
 
 def _run_until(workdir, kill_at, sig, *extra):
     """Starts a run and sends `sig` once it has logged step `kill_at`."""
-    proc = subprocess.Popen(_cmd(workdir, *extra), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=ENV)
-    deadline = time.time() + 240
-    while _last_step(workdir) < kill_at:
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.time() < deadline
-        time.sleep(0.005)
-    proc.send_signal(sig)
-    out, _ = proc.communicate(timeout=120)
-    return proc.returncode, out
+    return train_runs.run_until(_cmd(workdir, *extra), ENV,
+                                lambda: train_runs.last_logged_step(workdir) >= kill_at, sig,
+                                timeout=240)
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     wd = tmp_path_factory.mktemp("full")
-    res = subprocess.run(_cmd(wd, "--config.checkpoint.every_steps=7"), capture_output=True,
-                         text=True, cwd=ROOT, env=ENV, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+    train_runs.run(_cmd(wd, "--config.checkpoint.every_steps=7"), ENV, timeout=300)
     return wd
 
 
 def _assert_same_run(a, b):
-    ha, hb = _history(a), _history(b)
+    ha, hb = train_runs.loss_history(a), train_runs.loss_history(b)
     assert [s for s, _ in ha] == list(range(1, TOTAL + 1))
     assert ha == hb  # bit-identical loss history (floats compared exactly)
     pa, oa = _final_params(a)
@@ -91,11 +63,9 @@ def _assert_same_run(a, b):
 def test_sigkill_then_resume_is_bit_identical(uninterrupted, tmp_path):
     rc, out = _run_until(tmp_path, 23, signal.SIGKILL, "--config.checkpoint.every_steps=7")
     assert rc == -signal.SIGKILL, out
-    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    saved = train_runs.saved_steps(tmp_path)
     assert saved and saved[-1] < TOTAL
-    res = subprocess.run(_cmd(tmp_path, "--config.checkpoint.every_steps=7"),
-                         capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+    res = train_runs.run(_cmd(tmp_path, "--config.checkpoint.every_steps=7"), ENV, timeout=300)
     assert "resumed from" in res.stdout
     _assert_same_run(uninterrupted, tmp_path)
 
@@ -106,11 +76,9 @@ def test_sigterm_saves_then_resume_is_bit_identical(uninterrupted, tmp_path):
     assert rc == 0, out
     assert "preempted at step" in out, out
     stopped = int(out.split("preempted at step ")[1].split(";")[0])
-    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    saved = train_runs.saved_steps(tmp_path)
     assert saved == [stopped] and 17 <= stopped < TOTAL
-    res = subprocess.run(_cmd(tmp_path, "--config.checkpoint.every_steps=100000"),
-                         capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+    train_runs.run(_cmd(tmp_path, "--config.checkpoint.every_steps=100000"), ENV, timeout=300)
     _assert_same_run(uninterrupted, tmp_path)
 
 

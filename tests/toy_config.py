@@ -24,6 +24,8 @@ def get_config(arg=None):
     config.model = ml_collections.ConfigDict(
         dict(width=64, hidden=128, num_classes=16, dropout=0.1, dtype="float32"))
     config.toy_nan_at_step = ml_collections.config_dict.placeholder(int)  # test hook
+    # Test hook: the eval split's size (default batch_size * eval_batches, which always divides).
+    config.toy_eval_examples = ml_collections.config_dict.placeholder(int)
     add_training_fields(config)
     config.batch_size = 16
     config.total_steps = 40

@@ -134,7 +134,7 @@ def train_data(config, *, seed, batch_size):
 
 
 def eval_data(config, *, batch_size):
-    n = batch_size * config.get("eval_batches", 2)
+    n = config.get("toy_eval_examples", None) or batch_size * config.get("eval_batches", 2)
     return _dataset(config, seed=config.seed + 7, batch_size=batch_size, n=n, shuffle=False,
                     epochs=1).to_iter_dataset()
 

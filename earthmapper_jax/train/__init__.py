@@ -8,5 +8,6 @@ state (TrainState), checkpoints (Orbax manager with the Grain iterator), metrics
 progress, MFU), tasks (the Task interface), earthmapper_task / tokenizer_task (one file per
 task), image_data (the image pairs both tasks read), defaults (the training fields of every
 config), preflight (the config checked against its files before anything is built; no JAX),
-stop_signals (SIGTERM / Ctrl-C), trainer (the loop and the task registry). See docs/training.md.
+stop_signals (SIGTERM / Ctrl-C), hosts (jax.distributed, what every process must agree on),
+trainer (the loop and the task registry). See docs/training.md.
 """

@@ -51,6 +51,14 @@ def add_training_fields(config: ml_collections.ConfigDict, **overrides) -> ml_co
         },
         "mesh": {"data": -1, "fsdp": 1, "tensor": 1},
         "distributed": False,           # jax.distributed.initialize() (multi-host)
+        # Where the processes meet (unset: JAX detects TPU pods / Slurm). A process that has
+        # not met all the others within init_timeout_s stops with one line, never hangs.
+        "cluster": {
+            "coordinator_address": config_dict.placeholder(str),  # "host:port" of process 0
+            "num_processes": config_dict.placeholder(int),
+            "process_id": config_dict.placeholder(int),
+            "init_timeout_s": 300,
+        },
         "checkpoint": {
             "every_steps": 1000,
             "keep": 3,

@@ -135,11 +135,44 @@ def _check_tokens(tokens_dir, split, tok, tok_dir) -> dict:
     return doc
 
 
+# config.cluster's fields that say where the processes meet (train/hosts.py): all or none.
+CLUSTER_FIELDS = ("coordinator_address", "num_processes", "process_id")
+
 # config.task -> its check; tasks without one (the tokenizer, test tasks) pass through.
 CHECKS = {"earthmapper": check_earthmapper}
 
 
+def check_cluster(config) -> None:
+    """config.cluster (multi-host, train/hosts.maybe_initialize_distributed): set all three
+    of coordinator_address, num_processes and process_id, or none; a positive timeout."""
+    cluster = config.get("cluster", None)
+    if cluster is None:
+        return
+    timeout = cluster.get("init_timeout_s", 300)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise InputError(f"config.cluster.init_timeout_s={timeout!r}: expected a positive "
+                         "number of seconds")
+    names = CLUSTER_FIELDS
+    given = {k: cluster.get(k, None) for k in names if cluster.get(k, None) is not None}
+    if not given:
+        return
+    if len(given) < len(names):
+        missing = ", ".join(f"config.cluster.{k}" for k in names if k not in given)
+        raise InputError(f"config.cluster sets {', '.join(sorted(given))} but not {missing}: "
+                         "set all three (or none, for TPU pods and Slurm)")
+    host, _, port = str(given["coordinator_address"]).rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"config.cluster.coordinator_address={given['coordinator_address']!r}: "
+                         "expected host:port (e.g. localhost:12345, the address of process 0)")
+    n, i = int(given["num_processes"]), int(given["process_id"])
+    if n < 1 or not 0 <= i < n:
+        raise InputError(f"config.cluster.process_id={i} with num_processes={n}: expected "
+                         f"num_processes >= 1 and 0 <= process_id < num_processes")
+
+
 def check(config) -> list[str]:
-    """Runs the task's check; returns notes to print once (values taken from files)."""
+    """Runs the checks every run gets, then the task's own; returns notes to print once
+    (values taken from files)."""
+    check_cluster(config)
     fn = CHECKS.get(config.get("task", None))
     return fn(config) if fn is not None else []

@@ -28,7 +28,6 @@ saves little), so a bias or norm scale of a test model does not stop a run.
 from __future__ import annotations
 
 import math
-import os
 
 import flax.linen as nn
 import jax
@@ -73,17 +72,6 @@ LOGICAL_AXIS_RULES = (
 # Parameters smaller than this may go without logical names (they stay replicated: sharding
 # them costs more in collectives than it saves in memory); larger ones must have names.
 FSDP_MIN_SIZE = 2**14
-
-
-def maybe_initialize_distributed(config) -> None:
-    """Starts multi-host JAX (Cloud TPU, Slurm, ...) when the config or env asks for it.
-
-    Must run before anything touches a device. `jax.distributed.initialize()` auto-detects
-    TPU pods and Slurm; on a single host it would raise, so it is opt-in.
-    """
-    want = bool(config.get("distributed", False)) or os.environ.get("EARTHMAPPER_DISTRIBUTED") == "1"
-    if want and not jax.distributed.is_initialized():
-        jax.distributed.initialize()
 
 
 def mesh_shape(mesh_config, n_devices: int) -> tuple[int, ...]:

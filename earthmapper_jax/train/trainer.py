@@ -19,13 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from etils import epath
-from jax.experimental import multihost_utils
 
 from earthmapper_jax.errors import EarthMapperError, InputError
 from earthmapper_jax.io.files import is_remote
 from earthmapper_jax.progress import progress
-from earthmapper_jax.train import (checkpoints, earthmapper_task, optim, pix2pix_task, preflight,
-                                   sharding, tokenizer_task)
+from earthmapper_jax.train import (checkpoints, earthmapper_task, hosts, optim, pix2pix_task,
+                                   preflight, sharding, tokenizer_task)
 from earthmapper_jax.train import metrics as metrics_lib
 from earthmapper_jax.train import state as state_lib
 from earthmapper_jax.train.stop_signals import StopSignals
@@ -174,9 +173,15 @@ def place_frozen(frozen, mesh):
 
 
 def _evaluate(task, eval_step, state, config, mesh, local_batch, frozen):
+    """Means of eval_fn's scalars over at most config.eval_batches global batches, and
+    eval/examples: how many examples they held."""
     sums, n = {}, 0
-    for i, batch in enumerate(task.eval_data(config, batch_size=local_batch)):
-        if i >= config.get("eval_batches", 8):
+    batches = iter(task.eval_data(config, batch_size=local_batch))
+    for i in range(config.get("eval_batches", 8)):
+        batch = next(batches, None)
+        # A split that does not divide between the hosts leaves some a batch short; an eval
+        # step is a collective, so a host running one more would wait for the others forever.
+        if not hosts.all_have(batch is not None):
             break
         m = jax.device_get(eval_step(state.params, sharding.host_batch_to_global(batch, mesh),
                                      jax.random.fold_in(state.step_key(), 10_000 + i), frozen))
@@ -185,17 +190,11 @@ def _evaluate(task, eval_step, state, config, mesh, local_batch, frozen):
                 sums[k] = sums.get(k, 0.0) + float(v)
         n += 1
     out = {f"eval/{k}": v / max(n, 1) for k, v in sums.items()}
+    out["eval/examples"] = n * local_batch * jax.process_count()
     if task.eval_host is not None:
         host = task.eval_host(state.params, jax.random.fold_in(state.step_key(), 20_000), config, frozen)
         out.update({f"eval/{k}": float(v) for k, v in (host or {}).items()})
     return out
-
-
-def _all_agree(flag: bool) -> bool:
-    """True on every process if it is true on process 0 (hosts must stop at the same step)."""
-    if jax.process_count() == 1:
-        return flag
-    return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
 
 
 def _export(task, state, config, workdir):
@@ -224,7 +223,7 @@ def train_and_evaluate(config, workdir, task: Task | None = None) -> dict:
     notes = preflight.check(config)
     workdir = epath.Path(workdir)  # local or gs://
     workdir.mkdir(parents=True, exist_ok=True)
-    sharding.maybe_initialize_distributed(config)
+    hosts.maybe_initialize_distributed(config)
     is_main = jax.process_index() == 0
     if is_main:
         for note in notes:
@@ -341,7 +340,7 @@ def train_and_evaluate(config, workdir, task: Task | None = None) -> dict:
 
                 stop = preempt.requested or (jax.process_count() > 1
                                              and ckpt.manager.reached_preemption(step))
-                out_of_time = deadline is not None and _all_agree(time.monotonic() > deadline)
+                out_of_time = deadline is not None and hosts.all_agree(time.monotonic() > deadline)
                 is_last = step == total_steps or stop or out_of_time
                 do_eval = eval_step is not None and (
                     every(eval_every, step) or (is_last and eval_every >= 0))
