@@ -9,19 +9,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # The sampling CLI turns on JAX's persistent compilation cache (earthmapper_jax/compile_cache.py);
 # tests must not fill ~/.cache: those that test the cache give it a temporary folder.
 os.environ.setdefault("EARTHMAPPER_CACHE", "off")
-# One JAX compilation cache for the whole run, inherited by every subprocess (the CLI, docs and
-# notebook tests start dozens of processes that compile the same tiny models): each program
-# compiles once per run instead of once per process. A folder of this run only, removed at the
-# end, so no test ever reads a program compiled by older code.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    import atexit
-    import shutil
-    import tempfile
-
-    _RUN_CACHE = tempfile.mkdtemp(prefix="earthmapper-test-jax-cache-")
-    atexit.register(shutil.rmtree, _RUN_CACHE, ignore_errors=True)
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = _RUN_CACHE
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 
 import pathlib  # noqa: E402
 
