@@ -29,6 +29,7 @@ import pytest
 from PIL import Image
 
 from earthmapper_jax.data import synthetic_city as synthetic
+from tests.tiny_em_model import FAST_COMPILE
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FIX = ROOT / "tests" / "fixtures"
@@ -119,7 +120,7 @@ def _command(line, ws):
 def _run_block(cmds, ws, log=None):
     env = dict(os.environ, PYTHONPATH=str(ROOT), PY=sys.executable, JAX_PLATFORMS="cpu",
                XLA_PYTHON_CLIENT_PREALLOCATE="false")
-    env["XLA_FLAGS"] = ""  # no GPU scheduler flags on CPU
+    env["XLA_FLAGS"] = FAST_COMPILE  # no GPU scheduler flags on CPU; the commands run 2 steps
     for line in cmds:
         argv = _command(line, ws)
         t0 = time.time()

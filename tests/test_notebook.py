@@ -13,7 +13,8 @@ import pathlib
 import nbformat
 from nbclient import NotebookClient
 
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+from tests.tiny_em_model import FAST_COMPILE
+
 NOTEBOOK = pathlib.Path(__file__).resolve().parents[1] / "notebooks" / "sampling.ipynb"
 
 

@@ -23,11 +23,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from earthmapper_jax.train.metrics import read_jsonl
+from tests.tiny_em_model import FAST_COMPILE
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-# XLA's unoptimised CPU compile (as tests/tiny_em_model.py): the real tasks' steps compile
-# several times faster and the numerics stay deterministic run to run.
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+# FAST_COMPILE: XLA's unoptimised CPU compile: the real tasks' steps compile several times
+# faster and the numerics stay deterministic run to run.
 
 
 def main_cmd(config, workdir, *overrides) -> list[str]:
