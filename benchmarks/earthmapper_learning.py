@@ -87,7 +87,7 @@ def table(rows):
             acc[k] = []
         acc[k].append((r["class_acc"], r["token_acc_mean_over_scales"]))
     lines = ["| | variant | patch-class acc | token acc (mean over scales) | seeds |", "|---|---|---|---|---|"]
-    for g, name in order:
+    for g, name in sorted(order, key=lambda k: k[0] != "layout"):  # layouts first, stable
         a = np.asarray(acc[(g, name)])
         f = lambda x: f"{x.mean():.3f} ± {x.std():.3f}"  # noqa: E731
         lines.append(f"| {g} | {name} | {f(a[:, 0])} | {f(a[:, 1])} | {len(a)} |")
