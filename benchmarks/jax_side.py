@@ -580,7 +580,7 @@ def worker_main(args):
                 times.append(time.perf_counter() - t)
                 if len(times) >= 2 and time.perf_counter() - t_case > args.case_seconds:
                     break
-            if args.profile == c.name:
+            if c.name in (args.profile or "").split(","):
                 rec["profile"], a, out = profile(c, a, out, args)
             if c.update:
                 a = c.update(a, out)
@@ -617,12 +617,16 @@ def worker_main(args):
 
 
 def profile(c, a, out, args):
-    """Three more calls under jax.profiler; the .xplane.pb is copied to --out (<= 16 MiB)."""
+    """--profile-calls more calls under jax.profiler; the .xplane.pb is copied to --out (<= 16
+    MiB), with the optimised HLO beside it (hlo-CASE.txt: the fused computations' contents and
+    source metadata that benchmarks/cpu_profile.py uses to put each op in a category)."""
     import jax
 
+    with open(os.path.join(args.out, f"hlo-{c.name.replace('@', '_')}.txt"), "w") as f:
+        f.write(c.compiled.as_text())
     tmp = tempfile.mkdtemp(prefix="gvp_prof_")
     with jax.profiler.trace(tmp):
-        for _ in range(3):
+        for _ in range(args.profile_calls):
             if c.update:
                 a = c.update(a, out)
             out = jax.block_until_ready(c.compiled(*a))
