@@ -19,8 +19,10 @@ then one more under jax.profiler / torch.profiler); this script then reads what 
 
 Categories: matmul (projections, FFN, head: dots outside the attention core), attention
 (QKᵀ and PV products, mask, softmax; PyTorch's fused SDPA kernel is one op), norm/elementwise
-(layer norms, AdaLN modulation, GELU, residuals, the loss), copies/transposes (copy, transpose,
-slices, concatenations, cache updates), convolutions (the VQ-VAE), optimiser (clip + AdamW),
+(layer norms, AdaLN modulation, GELU, residuals, the loss, the VQ-VAE's group norms),
+copies/transposes (copy, transpose, slices, concatenations, cache updates, and a scanned layer
+loop's per-layer dynamic slices of the stacked weights / writes of the stacked gradients and
+the zero buffers behind them), convolutions (the VQ-VAE), optimiser (global norm, clip, AdamW),
 sampling (sort / top-k / top-p / categorical draws), other.
 """
 
@@ -43,6 +45,11 @@ COPY_OPS = {"copy", "transpose", "reshape", "bitcast", "broadcast", "slice", "co
             "dynamic-slice", "dynamic-update-slice", "pad", "tuple", "get-tuple-element",
             "parameter", "constant", "iota", "copy-start", "copy-done", "reverse"}
 SAMPLING_OPS = {"sort", "rng-bit-generator", "rng", "rng-get-and-update-state"}
+INDEX_OPS = {"fusion", "subtract", "add", "compare", "select", "clamp", "maximum", "minimum",
+             "convert"}
+LOOP_NAMES = ("dynamic_index_in_dim", "dynamic_update_index_in_dim", "/broadcast_in_dim")
+SAMPLING_NAMES = ("_gumbel", "_uniform", "sort", "top_k", "cumsum", "cumlogsumexp", "categorical",
+                  "argmax", "searchsorted")
 
 # ---------------------------------------------------------------- JAX: HLO text + xplane
 
@@ -88,26 +95,27 @@ def _called_ops(name, instrs, comps, depth=0):
     return ops, metas
 
 
-def jax_category(name, instrs, comps):
+def jax_category(name, instrs, comps, train):
+    """Category of one executed instruction from its opcodes and its op_name metadata (the
+    JAX name stack: which module and primitive emitted it; this HLO prints no source files)."""
     ops, metas = _called_ops(name, instrs, comps)
     if not metas:
         return "other"
     heavy = [m for m in metas if m["opcode"] in ("dot", "convolution")] or metas
-    srcs = " ".join(m["src"] for m in metas)
-    heavy_src = " ".join(m["src"] for m in heavy)
-    names = " ".join(m["op_name"] for m in metas)
-    if "optax" in srcs or "train/optim" in srcs:
-        return "optimiser"
+    op_name = heavy[0]["op_name"] or metas[0]["op_name"]
     if "convolution" in ops:
         return "convolutions"
-    if "models/attention.py" in heavy_src and ("dot" in ops or "exp" in ops or "select" in ops
-                                              or "reduce" in ops):
-        if "dot" not in ops or "dot_product_attention" in names or "attend" in names or \
-                "einsum" in names:
-            return "attention"
+    if not op_name and ops <= COPY_OPS | {"fusion"}:
+        return "copies/transposes"  # buffers XLA fills (a scan's stacked gradients)
+    if any(k in op_name for k in LOOP_NAMES) and ops <= COPY_OPS | INDEX_OPS:
+        return "copies/transposes"  # a scanned layer loop slicing / writing its stacked rows
+    if train and "jvp(" not in op_name and "VQVAE" not in op_name:
+        return "optimiser"  # after value_and_grad: global norm, clip, AdamW, apply_updates
+    if "/attn/" in op_name and "/mat_qkv/" not in op_name and "/proj/" not in op_name:
+        return "attention"  # QKᵀ, mask, softmax, PV (and q/k's L2 normalisation)
     if "dot" in ops:
         return "matmul"
-    if ops & SAMPLING_OPS or "filtering.py" in srcs or "sampler" in srcs:
+    if not train and (ops & SAMPLING_OPS or any(k in op_name for k in SAMPLING_NAMES)):
         return "sampling"
     if ops <= COPY_OPS:
         return "copies/transposes"
@@ -142,18 +150,18 @@ def xplane_self_times(path):
 
 def jax_breakdown(xplane, hlo_text, calls):
     instrs, comps = parse_hlo(hlo_text)
+    train = "transpose(jvp(" in hlo_text
     cats = collections.Counter()
     top = collections.Counter()
     unknown = 0.0
     for name, (sec, _) in xplane_self_times(xplane).items():
         base = name.split(":")[0].strip()
         if base in instrs:
-            c = jax_category(base, instrs, comps)
+            c = jax_category(base, instrs, comps, train)
             cats[c] += sec / calls
             top[(c, base, instrs[base]["opcode"])] += sec / calls
-        else:
+        elif not name.startswith("$"):  # Python frames ($file:line) are not the program's
             unknown += sec / calls
-            top[("(not an HLO op)", name[:60], "")] += sec / calls
     return cats, unknown, top
 
 
@@ -161,11 +169,11 @@ def jax_breakdown(xplane, hlo_text, calls):
 
 TORCH_RULES = (
     ("optimiser", ("adam", "optimizer", "clip_grad", "_foreach", "norm_except")),
-    ("attention", ("scaled_dot_product", "flash_attention", "softmax", "masked_fill")),
+    ("norm/elementwise", ("log_softmax", "nll_loss", "cross_entropy")),
+    ("attention", ("scaled_dot_product", "flash_attention", "efficient_attention")),
     ("convolutions", ("conv", "upsample", "group_norm", "native_group_norm")),
     ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear",
                 "aten::baddbmm", "aten::dot")),
-    ("sampling", ("topk", "sort", "multinomial", "cumsum", "gumbel", "exponential", "scatter")),
     ("copies/transposes", ("copy_", "contiguous", "clone", "aten::cat", "permute", "transpose",
                            "aten::t", "index", "slice", "select", "unbind", "stack", "expand",
                            "view", "reshape", "as_strided", "chunk", "split", "narrow",
@@ -173,8 +181,11 @@ TORCH_RULES = (
 )
 
 
-def torch_category(name):
+def torch_category(name, sampling=False):
     low = name.lower()
+    if sampling and any(k in low for k in ("softmax", "masked_fill", "topk", "sort", "cumsum",
+                                            "multinomial", "exponential", "scatter", "gather")):
+        return "sampling"
     if low.startswith(("autograd::engine", "torch::autograd")):
         return "other"  # wrappers: their self time is bookkeeping
     for cat, keys in TORCH_RULES:
@@ -195,7 +206,7 @@ def torch_breakdown(path):
     for row in data["ops"]:
         if row["name"].startswith("ProfilerStep"):
             continue
-        c = torch_category(row["name"])
+        c = torch_category(row["name"], sampling="-sample-" in data["case"])
         cats[c] += row["self_us"] / 1e6 / calls
         top[(c, row["name"], "")] += row["self_us"] / 1e6 / calls
     return cats, top
@@ -204,7 +215,22 @@ def torch_breakdown(path):
 # ---------------------------------------------------------------- report
 
 
-def table(case, jax_cats, torch_cats, unknown=0.0):
+def walls(out):
+    """case -> {side: seconds per call} from the run's results.json."""
+    try:
+        with open(os.path.join(out, "results.json")) as f:
+            res = json.load(f)
+    except OSError:
+        return {}
+    w = collections.defaultdict(dict)
+    for side in ("jax", "pytorch"):
+        for r in res.get(side, []):
+            if "ms" in r:
+                w[r["case"]][side] = r["ms"] / 1e3
+    return w
+
+
+def table(case, jax_cats, torch_cats, unknown=0.0, wall=None):
     lines = [f"#### {case} (seconds per call, self time)", "",
              "| category | JAX | PyTorch VAR | JAX − PyTorch |", "|---|---|---|---|"]
     for c in CATEGORIES:
@@ -215,10 +241,16 @@ def table(case, jax_cats, torch_cats, unknown=0.0):
         lines.append(f"| {c} | {'–' if j is None else f'{j:.2f}'} | "
                      f"{'–' if t is None else f'{t:.2f}'} | {diff} |")
     if unknown:
-        lines.append(f"| (JAX runtime, not an HLO op) | {unknown:.2f} | – | – |")
-    jt = sum(jax_cats.values()) + unknown
+        # executor / wait events: they overlap the ops (other threads), not added to the total
+        lines.append(f"| (XLA runtime events, overlapping) | {unknown:.2f} | – | – |")
+    jt = sum(jax_cats.values())
     tt = sum(torch_cats.values())
-    lines.append(f"| **total traced** | {jt:.2f} | {tt:.2f} | {jt - tt:+.2f} |")
+    lines.append(f"| **total of the ops above** | {jt:.2f} | {tt:.2f} | {jt - tt:+.2f} |")
+    if wall:
+        j, t = wall.get("jax"), wall.get("pytorch")
+        lines.append(f"| wall time per call (timed run) | {'–' if j is None else f'{j:.2f}'} | "
+                     f"{'–' if t is None else f'{t:.2f}'} | "
+                     f"{'–' if j is None or t is None else f'{j - t:+.2f}'} |")
     return lines
 
 
@@ -230,7 +262,7 @@ def top_ops(top, n=12):
 
 
 def report(out, calls):
-    lines = []
+    lines, wall = [], walls(out)
     names = sorted({os.path.basename(p)[len("hlo-"):-len(".txt")]
                     for p in glob.glob(os.path.join(out, "hlo-*.txt"))} |
                    {os.path.basename(p)[len("torch-"):-len(".json")]
@@ -255,7 +287,7 @@ def report(out, calls):
         tp = os.path.join(out, f"torch-{case}.json")
         if os.path.exists(tp):
             tc, ttop = torch_breakdown(tp)
-        lines += table(case, jc, tc, unknown) + [""]
+        lines += table(case, jc, tc, unknown, wall.get(case)) + [""]
         if jtop:
             lines += [f"JAX, heaviest ops of {case}:", ""] + top_ops(jtop) + [""]
         if ttop:

@@ -96,7 +96,8 @@ START = time.time()
 
 # group -> relative share of the JAX time budget
 GROUP_WEIGHTS = {"var-d16": 1.0, "var-d24": 1.1, "em-d16": 1.2, "em-d24": 1.4}
-LEVER_KEYS = ("dtype", "attention", "sample_attention", "scan", "remat", "tok_dtype")
+LEVER_KEYS = ("dtype", "attention", "sample_attention", "scan", "sample_scan", "remat",
+              "tok_dtype")
 
 
 def log(msg):
@@ -165,11 +166,14 @@ def build_parser():
     ap.add_argument("--attention", default="cudnn", help="xla | cudnn | None | einsum (training)")
     ap.add_argument("--sample-attention", default="xla", help="attention kernel when sampling")
     ap.add_argument("--scan", type=int, default=1, help="1: nn.scan over layers")
+    ap.add_argument("--sample-scan", type=int, default=None,
+                    help="VAR sampling cases: 1 scanned, 0 unrolled layers (default: --scan)")
     ap.add_argument("--remat", default="none", help="none | full | dots | dots_no_batch")
     ap.add_argument("--tok-dtype", default="float32", help="VQ-VAE conv dtype (float32 | bfloat16)")
     ap.add_argument("--variant", action="append", default=[],
                     help="NAME:key=val,...[|case,case] extra lever setting (keys: dtype, "
-                         "attention, sample_attention, scan, remat, tok_dtype), run for the "
+                         "attention, sample_attention, scan, sample_scan, remat, tok_dtype), run "
+                         "for the "
                          "cases after '|' or else --variant-cases")
     ap.add_argument("--variant-cases", default="var-d16-train-pretok,var-d16-sample-b1",
                     help="cases rerun under every --variant")
@@ -213,8 +217,8 @@ def apply_modes(args, defaults):
     if args.cpu:
         preset.update(models="var-d16", cases=CPU_CASES, batch="d16=2", sample_batch=4,
                       steps=2, sample_steps=2, latency_steps=2, warmup=0, case_seconds=1.0,
-                      budget_s=3600.0, torch_share=0.5, dtype="float32", attention="xla",
-                      sample_attention="xla", tok_dtype="float32", peak_tflops=0.0,
+                      budget_s=3600.0, torch_share=0.5, dtype="float32", attention="xla_bias",
+                      sample_attention="xla", sample_scan=0, tok_dtype="float32", peak_tflops=0.0,
                       compile_threads=1, variant_cases="var-d16-train-pretok,var-d16-sample-b1")
     for k, v in preset.items():
         if getattr(args, k) == defaults[k]:
@@ -430,7 +434,8 @@ def make_tables(args, torch_recs, jax_recs, meta):
         lines.append("")
     lines.append(f"Card: {meta['device']}. JAX {meta.get('jax', '?')}, torch {meta.get('torch', '?')}. "
                  f"Our levers: dtype {args.dtype}, attention {args.attention} (sampling "
-                 f"{args.sample_attention}), scan {bool(args.scan)}, remat {args.remat}, "
+                 f"{args.sample_attention}), scan {bool(args.scan)} (sampling "
+                 f"{bool(args.scan if args.sample_scan is None else args.sample_scan)}), remat {args.remat}, "
                  f"tokenizer {args.tok_dtype}.")
     lines.append(f"Training FLOPs/step = {FLOP_FORMULA} (transformer only; L = 680 VAR, 1360 "
                  f"joint); MFU against {meta.get('peak_tflops') or '–'} TFLOP/s.")

@@ -85,7 +85,8 @@ def test_cpu_mode_arguments():
     mod = _load()
     cpu = _args(mod, ["--cpu"])
     assert cpu.models == "var-d16" and cpu.batch == "d16=2" and cpu.sample_batch == 4
-    assert cpu.dtype == "float32" and cpu.tok_dtype == "float32" and cpu.attention == "xla"
+    assert cpu.dtype == "float32" and cpu.tok_dtype == "float32" and cpu.attention == "xla_bias"
+    assert cpu.scan == 1 and cpu.sample_scan == 0
     assert set(cpu.cases.split(",")) == {"train-pretok", "train-tok", "tokenise", "sample",
                                          "sample1"}
     assert cpu.compile_threads == 1 and cpu.warmup == 0
