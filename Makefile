@@ -42,7 +42,7 @@ bench: venv
 	$(PY) benchmarks/bench_model.py --model tiny --batch 8 --steps 5 --sample-batch 8 --latency
 
 # Issue 18: ours against PyTorch VAR on CPU at the real VAR-d16 shapes, both sides in one run,
-# float32, one thread each (about 15 min on one core). Needs a VAR checkout (VAR_DIR: its
+# float32, one thread each (about 25 min on one core). Needs a VAR checkout (VAR_DIR: its
 # models/ and dist.py suffice) and a Python with torch (TORCH_PY); BENCH_CORE pins both sides
 # to one core (empty: the inherited affinity). The table lands in $(BENCH_OUT)/table.md.
 VAR_DIR ?=

@@ -31,11 +31,16 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
+import gzip
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+
+from jax.profiler import ProfileData  # reads the .xplane.pb (jaxlib's reader, no extra package)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CATEGORIES = ("matmul", "attention", "norm/elementwise", "copies/transposes", "convolutions",
@@ -126,8 +131,6 @@ def jax_category(name, instrs, comps, train):
 
 def xplane_self_times(path):
     """name -> (self seconds, count) over the host plane's XLA events, nesting removed."""
-    from jax.profiler import ProfileData  # the jaxlib reader; only this CLI needs jax
-
     data = ProfileData.from_file(path)
     totals = collections.defaultdict(lambda: [0.0, 0])
     for plane in data.planes:
@@ -274,10 +277,6 @@ def report(out, calls):
         if xp and os.path.exists(hlo):
             path = xp[0]
             if path.endswith(".gz"):
-                import gzip
-                import shutil
-                import tempfile
-
                 tmp = tempfile.NamedTemporaryFile(suffix=".xplane.pb", delete=False).name
                 with gzip.open(path, "rb") as fi, open(tmp, "wb") as fo:
                     shutil.copyfileobj(fi, fo)

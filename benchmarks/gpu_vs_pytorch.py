@@ -1,5 +1,8 @@
 """Issue 6: EarthMapper-JAX against the official PyTorch VAR, on the same card, in one run.
 
+(Over 400 lines: the orchestrator, its GPU/CPU presets and the tables they print change
+together; splitting the tables out is left to a later clean-up.)
+
 One command runs both sides one after the other (never at once: each side gets the whole card)
 and prints one markdown table; everything is also written to --out (results.json, table.md).
 
@@ -8,7 +11,7 @@ and prints one markdown table; everything is also written to --out (results.json
     # the same, fewer cases (d16 only)
     python3 benchmarks/gpu_vs_pytorch.py --var-dir third_party/VAR --out $OUT --quick
     # CPU comparison at the real VAR-d16 shapes (issue 18): fp32 both sides, one thread each,
-    # pinned to one core (`make bench-cpu`; ~15 min on this repository's 2-core machine):
+    # pinned to one core (`make bench-cpu`; ~25 min on this repository's 2-core machine):
     .venv/bin/python benchmarks/gpu_vs_pytorch.py --cpu --cpu-core 1 --var-dir /work/var_ref \
         --torch-python /work/refenv/bin/python --out /tmp/gvp_cpu
     # CPU end-to-end check at tiny shapes (both sides), this repository's machines:
@@ -54,7 +57,10 @@ dist.py, not utils/amp_sc.py), one thread per side (XLA_FLAGS single-threaded Ei
 intra-op pool, torch.set_num_threads(1), OMP/MKL 1), programs compiled one at a time,
 optionally pinned with --cpu-core (os.sched_setaffinity, inherited by both sides). Each side
 makes one untimed call per case (JAX: the first call after compilation, whose time is
-reported as "first call") then --steps / --sample-steps / --latency-steps timed calls.
+reported as "first call") then --steps / --sample-steps / --latency-steps timed calls. Our
+side's preset is the CPU winner of issue 18's levers (benchmarks/RESULTS.md): attention
+"xla_bias" (the mask as an additive bias) for training, layers scanned for training and
+unrolled for sampling (--sample-scan 0).
 
 FLOPs per training step (transformer only: 2 per weight and token for the 12·C² weights of
 a layer and the C·V head, 4·L·C per token and layer for attention's two products; x3 with
