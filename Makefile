@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 PYTHON_BOOT ?= $(shell for p in python3.13 python3.12 $$(ls -d $$HOME/.pyenv/versions/3.1[2-9]*/bin/python 2>/dev/null | sort -rV); do \
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' 2>/dev/null && { command -v $$p; break; }; done)
 
-.PHONY: venv test test-slow test-all demo clean fixtures bench mutation
+.PHONY: venv test test-slow test-all demo clean fixtures bench bench-cpu bench-cpu-check mutation
 
 venv: $(STAMP)
 
@@ -51,6 +51,24 @@ demo: venv
 bench: venv
 	$(PY) benchmarks/bench_model.py --model tiny --batch 8 --steps 5 --sample-batch 8 --latency
 
+# Issue 18: ours against PyTorch VAR on CPU at the real VAR-d16 shapes, both sides in one run,
+# float32, one thread each (about 25 min on one core). Needs a VAR checkout (VAR_DIR: its
+# models/ and dist.py suffice) and a Python with torch (TORCH_PY); BENCH_CORE pins both sides
+# to one core (empty: the inherited affinity). The table lands in $(BENCH_OUT)/table.md.
+VAR_DIR ?=
+TORCH_PY ?=
+BENCH_CORE ?=
+BENCH_OUT ?= bench_cpu_out
+bench-cpu-check:
+	@if [ -z "$(VAR_DIR)" ] || [ ! -f "$(VAR_DIR)/models/var.py" ]; then \
+	  echo "error: VAR_DIR='$(VAR_DIR)' is not a checkout of FoundationVision/VAR (no models/var.py); run 'make bench-cpu VAR_DIR=/path/to/VAR TORCH_PY=/path/to/python-with-torch'" >&2; exit 1; fi
+	@if [ -z "$(TORCH_PY)" ] || ! "$(TORCH_PY)" -c 'import torch' >/dev/null 2>&1; then \
+	  echo "error: TORCH_PY='$(TORCH_PY)' is not a Python that imports torch; run 'make bench-cpu VAR_DIR=/path/to/VAR TORCH_PY=/path/to/python-with-torch'" >&2; exit 1; fi
+
+bench-cpu: bench-cpu-check venv
+	$(PY) benchmarks/gpu_vs_pytorch.py --cpu $(if $(BENCH_CORE),--cpu-core $(BENCH_CORE)) \
+	  --var-dir $(VAR_DIR) --torch-python $(TORCH_PY) --out $(BENCH_OUT)
+
 # Planted one-line mistakes in the modules whose errors are silent (masks, loss masking, GAN
 # stop-gradients, sampling filter/temperature, conventions, bf16), each run against the tests
 # that must catch it (tests/mutants.py; docs/testing.md records a run). Not part of `make test`.
@@ -58,4 +76,4 @@ mutation: venv
 	$(PY) tests/mutants.py
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache
+	rm -rf $(VENV) demo_out bench_cpu_out .pytest_cache

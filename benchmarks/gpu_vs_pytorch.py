@@ -1,5 +1,8 @@
 """Issue 6: EarthMapper-JAX against the official PyTorch VAR, on the same card, in one run.
 
+(Over 400 lines: the orchestrator, its GPU/CPU presets and the tables they print change
+together; splitting the tables out is left to a later clean-up.)
+
 One command runs both sides one after the other (never at once: each side gets the whole card)
 and prints one markdown table; everything is also written to --out (results.json, table.md).
 
@@ -7,6 +10,10 @@ and prints one markdown table; everything is also written to --out (results.json
     python3 benchmarks/gpu_vs_pytorch.py --var-dir third_party/VAR --out $OUT
     # the same, fewer cases (d16 only)
     python3 benchmarks/gpu_vs_pytorch.py --var-dir third_party/VAR --out $OUT --quick
+    # CPU comparison at the real VAR-d16 shapes (issue 18): fp32 both sides, one thread each,
+    # pinned to one core (`make bench-cpu`; ~25 min on this repository's 2-core machine):
+    .venv/bin/python benchmarks/gpu_vs_pytorch.py --cpu --cpu-core 1 --var-dir /work/var_ref \
+        --torch-python /work/refenv/bin/python --out /tmp/gvp_cpu
     # CPU end-to-end check at tiny shapes (both sides), this repository's machines:
     .venv/bin/python benchmarks/gpu_vs_pytorch.py --cpu-smoke --var-dir /work/var_ref \
         --torch-python /work/refenv/bin/python --out /tmp/gvp_smoke
@@ -43,6 +50,18 @@ The JAX cases (random weights; the project's modules, samplers and optimiser rec
 PyTorch side: see torch_var_side.py (VAR's own modules and AmpOptimizer: bf16 autocast, SDPA,
 fp32/TF32 tokenisation, fused AdamW, clip 2.0; autoregressive_infer_cfg with decode).
 
+--cpu (issue 18): the five cases of that issue at the real VAR-d16 shapes (256², 10 scales, 680
+tokens, V 4096), training B 2, sampling B 4 and 1, float32 on both sides with no autocast (the
+PyTorch side then steps plain fused AdamW with clip 2.0 and needs only VAR's models/ and
+dist.py, not utils/amp_sc.py), one thread per side (XLA_FLAGS single-threaded Eigen and
+intra-op pool, torch.set_num_threads(1), OMP/MKL 1), programs compiled one at a time,
+optionally pinned with --cpu-core (os.sched_setaffinity, inherited by both sides). Each side
+makes one untimed call per case (JAX: the first call after compilation, whose time is
+reported as "first call") then --steps / --sample-steps / --latency-steps timed calls. Our
+side's preset is the CPU winner of issue 18's levers (benchmarks/RESULTS.md): attention
+"xla_bias" (the mask as an additive bias) for training, layers scanned for training and
+unrolled for sampling (--sample-scan 0).
+
 FLOPs per training step (transformer only: 2 per weight and token for the 12·C² weights of
 a layer and the C·V head, 4·L·C per token and layer for attention's two products; x3 with
 the backward pass):
@@ -76,11 +95,15 @@ FLOP_FORMULA = "3·L·B·(2·(12·C²·depth + C·V) + 4·L·C·depth)"
 # bf16 dense matmul rates measured on this workplace's cards (below the datasheet peaks)
 PEAK_TFLOPS_BY_CARD = {"H200": 790.0, "H100": 798.0}
 GIB = 2**30
+# one thread per side in --cpu mode (XLA:CPU's Eigen pool and its intra-op pool)
+CPU_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+CPU_CASES = "train-pretok,train-tok,tokenise,sample,sample1"
 START = time.time()
 
 # group -> relative share of the JAX time budget
 GROUP_WEIGHTS = {"var-d16": 1.0, "var-d24": 1.1, "em-d16": 1.2, "em-d24": 1.4}
-LEVER_KEYS = ("dtype", "attention", "sample_attention", "scan", "remat", "tok_dtype")
+LEVER_KEYS = ("dtype", "attention", "sample_attention", "scan", "sample_scan", "remat",
+              "tok_dtype")
 
 
 def log(msg):
@@ -149,11 +172,14 @@ def build_parser():
     ap.add_argument("--attention", default="cudnn", help="xla | cudnn | None | einsum (training)")
     ap.add_argument("--sample-attention", default="xla", help="attention kernel when sampling")
     ap.add_argument("--scan", type=int, default=1, help="1: nn.scan over layers")
+    ap.add_argument("--sample-scan", type=int, default=None,
+                    help="VAR sampling cases: 1 scanned, 0 unrolled layers (default: --scan)")
     ap.add_argument("--remat", default="none", help="none | full | dots | dots_no_batch")
     ap.add_argument("--tok-dtype", default="float32", help="VQ-VAE conv dtype (float32 | bfloat16)")
     ap.add_argument("--variant", action="append", default=[],
                     help="NAME:key=val,...[|case,case] extra lever setting (keys: dtype, "
-                         "attention, sample_attention, scan, remat, tok_dtype), run for the "
+                         "attention, sample_attention, scan, sample_scan, remat, tok_dtype), run "
+                         "for the "
                          "cases after '|' or else --variant-cases")
     ap.add_argument("--variant-cases", default="var-d16-train-pretok,var-d16-sample-b1",
                     help="cases rerun under every --variant")
@@ -161,12 +187,19 @@ def build_parser():
                     help="programs of a group compiled concurrently (XLA releases the GIL)")
     ap.add_argument("--compile-cache", default=None,
                     help="JAX persistent compilation cache directory (a rerun skips compiles)")
-    ap.add_argument("--profile", default=None, help="case name: write a jax.profiler trace")
+    ap.add_argument("--profile", default=None,
+                    help="case name(s), comma-separated: after timing, --profile-calls more calls "
+                         "under jax.profiler / torch.profiler (benchmarks/cpu_profile.py reads them)")
+    ap.add_argument("--profile-calls", type=int, default=3, help="calls traced per profiled case")
     ap.add_argument("--work-dir", default=None, help="per-side JSON lines (default: a temp dir)")
     ap.add_argument("--quick", action="store_true",
                     help="d16 only (VAR + EarthMapper), fewer timed calls, ~3 min")
     ap.add_argument("--cpu-smoke", action="store_true",
                     help="tiny shapes, CPU, both sides: proves the script end to end")
+    ap.add_argument("--cpu", action="store_true",
+                    help="issue 18: real VAR-d16 shapes on CPU, fp32, one thread per side")
+    ap.add_argument("--cpu-core", type=int, default=None,
+                    help="pin both sides to this CPU core (default: the inherited affinity)")
     # internal (worker processes)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--worker-jsonl", default=None, help=argparse.SUPPRESS)
@@ -187,10 +220,53 @@ def apply_modes(args, defaults):
                       latency_steps=2, warmup=1, case_seconds=1.0, budget_s=1500.0,
                       attention="xla", peak_tflops=0.0, compile_threads=2,
                       variant_cases="var-d2-train-pretok")
+    if args.cpu:
+        preset.update(models="var-d16", cases=CPU_CASES, batch="d16=2", sample_batch=4,
+                      steps=2, sample_steps=2, latency_steps=2, warmup=0, case_seconds=1.0,
+                      budget_s=3600.0, torch_share=0.5, dtype="float32", attention="xla_bias",
+                      sample_attention="xla", sample_scan=0, tok_dtype="float32", peak_tflops=0.0,
+                      compile_threads=1, variant_cases="var-d16-train-pretok,var-d16-sample-b1")
     for k, v in preset.items():
         if getattr(args, k) == defaults[k]:
             setattr(args, k, v)
     return args
+
+
+def check_args(args):
+    """One-line errors for flag combinations that cannot run (validated once, here)."""
+    if args.cpu and args.cpu_smoke:
+        raise SystemExit("--cpu and --cpu-smoke: choose one (real shapes or the tiny smoke)")
+    if args.cpu_core is not None:
+        allowed = sorted(os.sched_getaffinity(0))
+        if args.cpu_core not in allowed:
+            raise SystemExit(f"--cpu-core {args.cpu_core}: not a core this process may use "
+                             f"(allowed: {allowed})")
+
+
+def on_cpu(args):
+    return args.cpu or args.cpu_smoke
+
+
+def cpu_env(env, args):
+    """The environment of a worker: CPU platform and, in --cpu mode, one thread."""
+    env = dict(env)
+    if on_cpu(args):
+        env["JAX_PLATFORMS"] = "cpu"
+    if args.cpu:
+        flags = env.get("XLA_FLAGS", "")
+        env["XLA_FLAGS"] = (flags + " " + CPU_XLA_FLAGS).strip()
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "1"
+    return env
+
+
+def pinning(args):
+    """The thread/core line of the table header."""
+    cores = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    if not args.cpu:
+        return f"affinity cores {cores}"
+    return (f"pinned to core(s) {cores}; one thread per side (JAX: XLA_FLAGS=\"{CPU_XLA_FLAGS}\"; "
+            f"PyTorch: torch.set_num_threads(1)); OMP_NUM_THREADS=MKL_NUM_THREADS=1; float32 both "
+            f"sides, no autocast")
 
 
 # ============================================================================ orchestrator
@@ -207,33 +283,48 @@ def read_jsonl(path):
     return out
 
 
-def run_torch(args, work, deadline):
-    path = os.path.join(work, "torch.jsonl")
+def torch_cmd(args, path, deadline):
+    """The PyTorch side's command line (None when no VAR group is asked for)."""
     depths = sorted({depth_of(m.split("-")[1]) for m in args.models.split(",") if m.startswith("var-")})
     if not depths:
-        return []
+        return None
     names = {depth_of(m.split("-")[1]): m.split("-")[1] for m in args.models.split(",")}
     batches = parse_map(args.batch)
     tk = {"train-tok": "train", "tokenise": "tokenise", "train-pretok": "train-pretok",
           "sample": "sample", "sample1": "sample1"}
     kinds = [tk[k] for k in args.cases.split(",") if k in tk]
+    # the JAX side's first call after compiling is its untimed call; PyTorch needs one too
+    warmup = max(1, args.warmup) if args.cpu else args.warmup
     cmd = [args.torch_python, os.path.join(HERE, "torch_var_side.py"), "--var-dir", args.var_dir,
            "--jsonl", path, "--depths", ",".join(map(str, depths)),
            "--batch", ",".join(f"{d}={batches.get(names[d], 2)}" for d in depths),
            "--sample-batch", str(args.sample_batch), "--cases", ",".join(kinds),
            "--steps", str(args.steps), "--sample-steps", str(args.sample_steps),
-           "--latency-steps", str(args.latency_steps), "--warmup", str(args.warmup),
+           "--latency-steps", str(args.latency_steps), "--warmup", str(warmup),
            "--case-seconds", str(args.case_seconds), "--deadline", str(deadline)]
     if args.peak_tflops is not None:
         cmd += ["--peak-tflops", str(args.peak_tflops)]
     if args.cpu_smoke:
         cmd += ["--smoke", "--device", "cpu"]
+    if args.cpu:
+        cmd += ["--device", "cpu", "--amp", "none", "--sample-amp", "none", "--threads", "1"]
+    if args.profile:
+        cmd += ["--profile", args.profile, "--profile-calls", str(args.profile_calls),
+                "--profile-dir", args.out]
+    return cmd
+
+
+def run_torch(args, work, deadline):
+    path = os.path.join(work, "torch.jsonl")
+    cmd = torch_cmd(args, path, deadline)
+    if cmd is None:
+        return []
     if not os.path.isfile(os.path.join(args.var_dir, "models", "var.py")):
         log(f"PyTorch side skipped: {args.var_dir} is not a VAR checkout (see run_gpu.sh)")
         return []
     log("PyTorch side: " + " ".join(cmd))
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None) if args.cpu_smoke else None
+    env = cpu_env(os.environ, args)
+    env.pop("PYTHONPATH", None) if on_cpu(args) else None
     try:
         subprocess.run(cmd, env=env, timeout=max(60.0, deadline - time.time() + 240.0),
                        check=False)
@@ -247,11 +338,9 @@ def run_jax_group(args, work, group, deadline, hard_limit):
     argv = list(args.argv)
     cmd = [args.jax_python, os.path.join(HERE, "jax_side.py")] + argv + [
         "--worker", group, "--worker-jsonl", path, "--deadline", str(deadline)]
-    env = dict(os.environ)
+    env = cpu_env(os.environ, args)
     env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
     env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    if args.cpu_smoke:
-        env["JAX_PLATFORMS"] = "cpu"
     log(f"JAX group {group} (no new case after +{deadline - START:.0f}s)")
     try:
         subprocess.run(cmd, env=env, timeout=hard_limit, check=False)
@@ -272,13 +361,87 @@ def fmt(v, nd=3):
     return str(v)
 
 
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "?"
+
+
+def cpu_label(kind, batch, args):
+    """Issue 18's row names."""
+    return {"train-pretok": f"train step, pre-tokenised, B {batch}",
+            "train-tok": f"train step, tokenising in the step, B {batch}",
+            "tokenise": f"tokenise alone, B {batch}",
+            "sample": f"sample + decode, B {batch} (CFG 1.5, top-k 900, top-p 0.96)",
+            "sample1": f"sample + decode, B {batch}"}[kind]
+
+
+def cpu_table(args, torch_recs, jax_recs):
+    """Issue 18's table: seconds per call on each side, the throughput ratio and its goal;
+    a lever variant (case@name) gets its own row, compared with the same PyTorch run."""
+    pt = {r["case"]: r for r in torch_recs if "ms" in r}
+    jx = {r["case"]: r for r in jax_recs}
+    B = parse_map(args.batch)
+    lines = ["| case | JAX | PyTorch VAR | JAX / PyTorch throughput | goal | JAX first call | "
+             "JAX compile |", "|---|---|---|---|---|---|---|"]
+    for m in args.models.split(","):
+        if not m.startswith("var-"):
+            continue
+        size = m.split("-")[1]
+        pre = f"var-d{depth_of(size)}"
+        names = {"train-pretok": f"{pre}-train-pretok", "train-tok": f"{pre}-train-tok",
+                 "tokenise": f"{pre}-tokenise", "sample": f"{pre}-sample-b{args.sample_batch}",
+                 "sample1": f"{pre}-sample-b1"}
+        for kind in args.cases.split(","):
+            if kind not in names:
+                continue
+            name = names[kind]
+            batch = {"sample": args.sample_batch, "sample1": 1}.get(kind, B.get(size, 2))
+            goal = 1.3 if kind.startswith("train") else 1.0
+            p = pt.get(name)
+            for case in [name] + sorted(c for c in jx if c.startswith(name + "@")):
+                o = jx.get(case)
+                label = cpu_label(kind, batch, args) + ("" if case == name else
+                                                         f" @{case.split('@')[1]}")
+                if o is None and p is None:
+                    continue
+                if o is not None and "ms" not in o:
+                    ours = o.get("status", "?")
+                else:
+                    ours = "–" if o is None else f"{o['ms'] / 1e3:.3g} s"
+                ratio = (f"{p['ms'] / o['ms']:.2f}×" if p and o and "ms" in o else "–")
+                first = f"{o['first_call_s']:.3g} s" if o and o.get("first_call_s") else "–"
+                comp = f"{o['compile_s']:.3g} s" if o and o.get("compile_s") else "–"
+                lines.append(f"| {label} | {ours} | "
+                             f"{'–' if p is None else format(p['ms'] / 1e3, '.3g') + ' s'} | "
+                             f"{ratio} | ≥ {goal}× | {first} | {comp} |")
+    return lines
+
+
 def make_tables(args, torch_recs, jax_recs, meta):
     """Markdown: every case (PyTorch row, then ours), then the issue's targets."""
     pt = {r["case"]: r for r in torch_recs if "ms" in r}
     lines = []
+    if args.cpu:
+        lines.append(f"CPU: {meta.get('cpu', '?')}; {meta.get('pinning', '?')}. JAX "
+                     f"{meta.get('jax', '?')}, torch {meta.get('torch', '?')}. Real VAR-d"
+                     f"{'/'.join(m.split('-')[1][1:] for m in args.models.split(',') if m.startswith('var-'))}"
+                     " shapes (256², 10 scales, 680 tokens, V 4096), random weights. Time per "
+                     "call: the median of the timed calls, after one untimed call per side.")
+        lines.append("")
+        lines += cpu_table(args, torch_recs, jax_recs)
+        lines.append("")
+        lines.append("All cases, both sides:")
+        lines.append("")
     lines.append(f"Card: {meta['device']}. JAX {meta.get('jax', '?')}, torch {meta.get('torch', '?')}. "
                  f"Our levers: dtype {args.dtype}, attention {args.attention} (sampling "
-                 f"{args.sample_attention}), scan {bool(args.scan)}, remat {args.remat}, "
+                 f"{args.sample_attention}), scan {bool(args.scan)} (sampling "
+                 f"{bool(args.scan if args.sample_scan is None else args.sample_scan)}), remat {args.remat}, "
                  f"tokenizer {args.tok_dtype}.")
     lines.append(f"Training FLOPs/step = {FLOP_FORMULA} (transformer only; L = 680 VAR, 1360 "
                  f"joint); MFU against {meta.get('peak_tflops') or '–'} TFLOP/s.")
@@ -352,7 +515,7 @@ def make_tables(args, torch_recs, jax_recs, meta):
             tl.append(f"| VAR-{d} train peak memory | {p['peak_gib']:.1f} GiB | "
                       f"{o['peak_gib']:.1f} GiB | {o['peak_gib'] / p['peak_gib']:.2f} | ≤ 1 | "
                       f"{'yes' if o['peak_gib'] <= p['peak_gib'] else 'no'} |")
-    if len(tl) > 2:
+    if len(tl) > 2 and not args.cpu:
         lines.append("Targets of issue 6 (same card, same run)" + (
             " — CPU smoke: tiny shapes on a shared CPU, these ratios mean nothing:"
             if args.cpu_smoke else ":"))
@@ -369,6 +532,9 @@ def orchestrate(args):
     os.makedirs(work, exist_ok=True)
     for f in glob.glob(os.path.join(work, "*.jsonl")):
         os.remove(f)
+    if args.cpu_core is not None:
+        os.sched_setaffinity(0, {args.cpu_core})  # both sides inherit it
+    log(pinning(args))
     end = START + args.budget_s
     log(f"budget {args.budget_s:.0f}s; out {out}; work {work}")
     torch_recs, jax_recs = [], []
@@ -392,10 +558,11 @@ def orchestrate(args):
                 flop_formula=FLOP_FORMULA,
                 peak_tflops=next((r["peak_tflops"] for r in jax_recs + torch_recs
                                   if r.get("peak_tflops")), None),
-                wall_s=time.time() - START)
+                wall_s=time.time() - START, cpu=cpu_model(), pinning=pinning(args))
     table = make_tables(args, torch_recs, jax_recs, meta)
     header = (f"## gpu_vs_pytorch {meta['date']}, {meta['device']}"
-              + (" (CPU SMOKE: tiny shapes, not performance)" if args.cpu_smoke else "") + "\n\n"
+              + (" (CPU SMOKE: tiny shapes, not performance)" if args.cpu_smoke else "")
+              + (" (CPU, one thread per side: issue 18)" if args.cpu else "") + "\n\n"
               f"Command: `python benchmarks/gpu_vs_pytorch.py {' '.join(args.argv)}`\n\n")
     text = header + table + f"\n\nWall time {meta['wall_s']:.0f}s.\n"
     tmp = os.path.join(out, ".table.md.tmp")
@@ -423,6 +590,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = apply_modes(parser.parse_args(argv), vars(parser.parse_args([])))
     args.argv = argv
+    check_args(args)
     if args.worker:
         raise SystemExit("--worker is for benchmarks/jax_side.py")
     return orchestrate(args)

@@ -105,6 +105,7 @@ def worker_main(args):
     def base_settings():
         return dict(dtype=args.dtype, attention=None if args.attention == "None" else args.attention,
                     sample_attention=args.sample_attention, scan=bool(args.scan),
+                    sample_scan=bool(args.scan if args.sample_scan is None else args.sample_scan),
                     remat=args.remat, tok_dtype=args.tok_dtype)
 
     def parse_variant(text):
@@ -116,7 +117,7 @@ def worker_main(args):
             k, v = kv.split("=")
             if k not in LEVER_KEYS:
                 raise SystemExit(f"--variant {text!r}: unknown lever {k!r}; expected {LEVER_KEYS}")
-            s[k] = bool(int(v)) if k == "scan" else (None if v == "None" else v)
+            s[k] = bool(int(v)) if k in ("scan", "sample_scan") else (None if v == "None" else v)
         return name, s, (set(filter(None, only.split(","))) or None)
 
     # ---- shared pieces: tokenizer, params (filled from abstract shapes: no init compile)
@@ -192,6 +193,7 @@ def worker_main(args):
                     scan_layers=s["scan"], remat=s["remat"])
         if for_sampling:
             over["attention"] = s["sample_attention"]
+            over["scan_layers"] = s["sample_scan"]
         if mode == "var":
             return var_lib.var_config(size, **over)
         if for_sampling:
@@ -297,7 +299,7 @@ def worker_main(args):
         top_k = min(900, V)
         fn = lambda *a: sample_var_tokens(module, tok_mod, *a, top_k=top_k, more_smooth=False,  # noqa: E731
                                           guided=True, decode=True)
-        layout = ("train", s["scan"])  # same parameter layout as training (scan or not)
+        layout = ("train", s["sample_scan"])  # the training layout of that scan setting
         labels = jnp.arange(B, dtype=jnp.int32) % base_cfg.num_classes
         scal = (jnp.float32(1.5), jnp.float32(0.96), jnp.float32(1.0))
 
@@ -580,7 +582,7 @@ def worker_main(args):
                 times.append(time.perf_counter() - t)
                 if len(times) >= 2 and time.perf_counter() - t_case > args.case_seconds:
                     break
-            if args.profile == c.name:
+            if c.name in (args.profile or "").split(","):
                 rec["profile"], a, out = profile(c, a, out, args)
             if c.update:
                 a = c.update(a, out)
@@ -617,12 +619,16 @@ def worker_main(args):
 
 
 def profile(c, a, out, args):
-    """Three more calls under jax.profiler; the .xplane.pb is copied to --out (<= 16 MiB)."""
+    """--profile-calls more calls under jax.profiler; the .xplane.pb is copied to --out (<= 16
+    MiB), with the optimised HLO beside it (hlo-CASE.txt: the fused computations' contents and
+    source metadata that benchmarks/cpu_profile.py uses to put each op in a category)."""
     import jax
 
+    with open(os.path.join(args.out, f"hlo-{c.name.replace('@', '_')}.txt"), "w") as f:
+        f.write(c.compiled.as_text())
     tmp = tempfile.mkdtemp(prefix="gvp_prof_")
     with jax.profiler.trace(tmp):
-        for _ in range(3):
+        for _ in range(args.profile_calls):
             if c.update:
                 a = c.update(a, out)
             out = jax.block_until_ready(c.compiled(*a))

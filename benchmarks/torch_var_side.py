@@ -16,6 +16,10 @@ What is timed, per depth (random weights; VAR's own modules and optimiser wrappe
   * train-pretok: the same step fed with token maps (not in the anchor; for reference).
   * sample B (64 and 1): `autoregressive_infer_cfg(B, labels, cfg=1.5, top_k=900, top_p=0.96)`
     under bf16 autocast + inference_mode, VQ-VAE decode included.
+With --amp none (gpu_vs_pytorch.py --cpu) everything runs in float32 without autocast and the
+optimiser step is plain PyTorch (backward, clip_grad_norm_ 2.0, fused AdamW step, zero_grad):
+what AmpOptimizer does without a scaler, so VAR's utils/ is not imported (a checkout of its
+models/ and dist.py suffices).
 Peak memory: torch.cuda.max_memory_allocated after reset_peak_memory_stats per case.
 Each case is appended to --jsonl as one JSON object as soon as it is done.
 """
@@ -29,6 +33,7 @@ import math
 import os
 import sys
 import time
+import types
 
 
 def log(msg):
@@ -63,6 +68,12 @@ def main(argv=None):
     ap.add_argument("--deadline", type=float, default=None,
                     help="unix time after which no new case starts")
     ap.add_argument("--sample-amp", default="bf16", help="bf16 | fp16 | none (sampling autocast)")
+    ap.add_argument("--amp", default="bf16", choices=("bf16", "none"),
+                    help="training autocast: bf16 (VAR's AmpOptimizer) or none (fp32, no utils/)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads on CPU")
+    ap.add_argument("--profile", default="", help="case names: after timing, profile more calls")
+    ap.add_argument("--profile-calls", type=int, default=1)
+    ap.add_argument("--profile-dir", default=".", help="torch-CASE.json (key_averages) here")
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="MFU denominator (default by card: H200 790, H100 798 TFLOP/s bf16)")
     args = ap.parse_args(argv)
@@ -74,10 +85,18 @@ def main(argv=None):
     if not os.path.isfile(os.path.join(var_dir, "models", "var.py")):
         sys.exit(f"--var-dir {var_dir}: not a VAR checkout (no models/var.py)")
     sys.path.insert(0, var_dir)
+    try:
+        import huggingface_hub  # noqa: F401  (VAR's models/var.py imports it at module top)
+    except ImportError:
+        # VAR only mixes PyTorchModelHubMixin into VARHF for hub load/save, which is never
+        # called here: an empty stand-in lets a torch-only Python import VAR's models/.
+        sys.modules["huggingface_hub"] = types.SimpleNamespace(PyTorchModelHubMixin=type(
+            "PyTorchModelHubMixin", (), {}))
     cwd = os.getcwd()
     os.chdir(var_dir)  # VAR's modules import `dist` etc. relative to the checkout
     from models import build_vae_var  # noqa: E402  (VAR's own code, imported at run time)
-    from utils.amp_sc import AmpOptimizer  # noqa: E402
+    if args.amp != "none":
+        from utils.amp_sc import AmpOptimizer  # noqa: E402
     os.chdir(cwd)
 
     dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -87,13 +106,16 @@ def main(argv=None):
         torch.backends.cudnn.allow_tf32 = True
         torch.set_float32_matmul_precision("high")
         torch.backends.cudnn.benchmark = True
-    else:  # CPU smoke on a shared box: OpenMP threads spinning against other jobs cost 10-50x
-        torch.set_num_threads(1)
+    else:  # a shared box: OpenMP threads spinning against other jobs cost 10-50x
+        torch.set_num_threads(args.threads)
+        torch.set_num_interop_threads(args.threads)
     kind = torch.cuda.get_device_name() if cuda else "cpu"
     if args.peak_tflops is None and cuda:
         args.peak_tflops = next((v for k, v in {"H200": 790.0, "H100": 798.0}.items() if k in kind),
                                 None)
-    log(f"torch {torch.__version__}, device {kind}, VAR from {var_dir}")
+    log(f"torch {torch.__version__}, device {kind}, VAR from {var_dir}, training amp "
+        f"{args.amp}, sampling amp {args.sample_amp}"
+        + ("" if cuda else f", {torch.get_num_threads()} thread(s)"))
     cases = set(args.cases.split(","))
     batches = parse_map(args.batch)
 
@@ -188,10 +210,15 @@ def main(argv=None):
                 decay.append(p)
         groups = [dict(params=decay, weight_decay=0.05), dict(params=no_decay, weight_decay=0.0)]
         opt = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.95), fused=True)
-        amp_opt = AmpOptimizer(mixed_precision=2, optimizer=opt, names=names, paras=paras,
-                               grad_clip=2.0, n_gradient_accumulation=1)
-        if not cuda:  # AmpOptimizer's context is CUDA autocast; the CPU smoke uses CPU autocast
-            amp_opt.amp_ctx = torch.autocast("cpu", dtype=torch.bfloat16)
+        if args.amp == "none":
+            amp_opt = None
+            amp_ctx = torch.autocast(dev, enabled=False)
+        else:
+            amp_opt = AmpOptimizer(mixed_precision=2, optimizer=opt, names=names, paras=paras,
+                                   grad_clip=2.0, n_gradient_accumulation=1)
+            if not cuda:  # AmpOptimizer's context is CUDA autocast; the CPU smoke uses CPU's
+                amp_opt.amp_ctx = torch.autocast("cpu", dtype=torch.bfloat16)
+            amp_ctx = amp_opt.amp_ctx
 
         B = batches.get(depth, 2 if args.smoke else 32)
         g = torch.Generator(device=dev).manual_seed(0)
@@ -207,11 +234,17 @@ def main(argv=None):
             return torch.cat(gt_idx, dim=1), vae.quantize.idxBl_to_var_input(gt_idx)
 
         def step_on(gt_BL, x_BLCv):
-            with amp_opt.amp_ctx:
+            with amp_ctx:
                 logits = var(labels, x_BLCv)
                 loss = F.cross_entropy(logits.view(-1, V), gt_BL.view(-1), reduction="none")
                 loss = loss.view(B, -1).mul(loss_weight).sum(dim=-1).mean()
-            amp_opt.backward_clip_step(stepping=True, loss=loss)
+            if amp_opt is None:  # fp32: the AmpOptimizer step without a scaler, inline
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(paras, 2.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            else:
+                amp_opt.backward_clip_step(stepping=True, loss=loss)
             logits.data.argmax(dim=-1)  # VAR's trainer computes the predictions every step
             return loss
 
@@ -229,7 +262,21 @@ def main(argv=None):
                 rec["mfu"] = rec["tflops"] / args.peak_tflops if args.peak_tflops else None
                 rec["peak_tflops"] = args.peak_tflops
             rec.update(extra or {})
+            if case in args.profile.split(","):
+                rec["profile"] = profile(case, fn)
             emit(rec)
+
+        def profile(case, fn):
+            """key_averages of --profile-calls calls: per op, self and total CPU time (us)."""
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                for _ in range(args.profile_calls):
+                    fn()
+            rows = [dict(name=e.key, count=e.count, self_us=e.self_cpu_time_total,
+                         total_us=e.cpu_time_total) for e in prof.key_averages()]
+            path = os.path.join(args.profile_dir, f"torch-{case}.json")
+            with open(path, "w") as f:
+                json.dump(dict(case=case, calls=args.profile_calls, ops=rows), f, indent=0)
+            return path
 
         if "train" in cases:
             record(f"var-d{depth}-train-tok", lambda: step_on(*tokenise()), args.steps, base,

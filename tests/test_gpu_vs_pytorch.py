@@ -78,3 +78,55 @@ def test_table_ratios_and_targets():
     assert "| VAR-d16 sample batch 1 latency | 135 ms | 25 ms | 5.40× faster | < 40 ms | yes |" in text
     assert "| VAR-d16 train peak memory | 45.1 GiB | 40.0 GiB | 0.89 | ≤ 1 | yes |" in text
     assert mod.FLOP_FORMULA in text
+
+
+def test_cpu_mode_arguments():
+    """--cpu (issue 18): real VAR-d16 shapes, fp32 both sides, one thread, explicit flags win."""
+    mod = _load()
+    cpu = _args(mod, ["--cpu"])
+    assert cpu.models == "var-d16" and cpu.batch == "d16=2" and cpu.sample_batch == 4
+    assert cpu.dtype == "float32" and cpu.tok_dtype == "float32" and cpu.attention == "xla_bias"
+    assert cpu.scan == 1 and cpu.sample_scan == 0
+    assert set(cpu.cases.split(",")) == {"train-pretok", "train-tok", "tokenise", "sample",
+                                         "sample1"}
+    assert cpu.compile_threads == 1 and cpu.warmup == 0
+    assert _args(mod, ["--cpu", "--steps", "5"]).steps == 5
+    cmd = mod.torch_cmd(cpu, "/tmp/t.jsonl", 0.0)
+    for flag, value in (("--amp", "none"), ("--sample-amp", "none"), ("--threads", "1"),
+                        ("--device", "cpu"), ("--warmup", "1"), ("--batch", "16=2"),
+                        ("--sample-batch", "4")):
+        assert cmd[cmd.index(flag) + 1] == value, flag
+    assert "--smoke" not in cmd and "--profile" not in cmd
+    env = mod.cpu_env({"XLA_FLAGS": "--xla_dump_to=/tmp/x"}, cpu)
+    assert env["XLA_FLAGS"] == "--xla_dump_to=/tmp/x " + mod.CPU_XLA_FLAGS
+    assert env["JAX_PLATFORMS"] == "cpu" and env["OMP_NUM_THREADS"] == "1"
+    gpu = _args(mod, [])
+    assert "XLA_FLAGS" not in mod.cpu_env({}, gpu) and "--amp" not in mod.torch_cmd(gpu, "x", 0.0)
+    assert "one thread per side" in mod.pinning(cpu)
+
+
+def test_cpu_mode_rejects_impossible_flags():
+    mod = _load()
+    for argv in (["--cpu", "--cpu-smoke"], ["--cpu", "--cpu-core", "4096"]):
+        try:
+            mod.check_args(_args(mod, argv))
+        except SystemExit as e:
+            assert str(e).startswith("--cpu")
+        else:
+            raise AssertionError(f"{argv} accepted")
+
+
+def test_cpu_table_ratio_is_pytorch_time_over_ours():
+    mod = _load()
+    args = _args(mod, ["--cpu"])
+    pt = [dict(side="pytorch", case="var-d16-train-pretok", batch=2, ms=17400.0, img_s=0.115),
+          dict(side="pytorch", case="var-d16-sample-b1", batch=1, ms=9230.0, img_s=0.108)]
+    ours = [dict(side="jax", case="var-d16-train-pretok", batch=2, ms=29600.0, img_s=0.0676,
+                 first_call_s=31.0, compile_s=12.5),
+            dict(side="jax", case="var-d16-train-pretok@unrolled", batch=2, ms=17400.0,
+                 img_s=0.115, compile_s=20.0),
+            dict(side="jax", case="var-d16-sample-b1", batch=1, status="error: boom")]
+    text = "\n".join(mod.cpu_table(args, pt, ours))
+    assert "| train step, pre-tokenised, B 2 | 29.6 s | 17.4 s | 0.59× | ≥ 1.3× | 31 s | 12.5 s |" in text
+    assert "| train step, pre-tokenised, B 2 @unrolled | 17.4 s | 17.4 s | 1.00× |" in text
+    assert "| sample + decode, B 1 | error: boom | 9.23 s | – | ≥ 1.0× |" in text

@@ -190,6 +190,22 @@ def test_block_causal_description_equals_mask(model):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
 
 
+def test_bias_attention_equals_mask_attention_with_gradients(model):
+    """attention="xla_bias" (the mask as an additive bias, issue 18) gives the masked XLA
+    attention's loss and gradients: a masked logit's exp is 0 either way."""
+    c = model.config
+    L = sum(p * p for p in c.patch_nums)
+    labels = jnp.array([1, 2])
+    x = jax.random.normal(jax.random.key(7), (2, L - 1, c.cvae))
+    out = {}
+    for impl in ("xla", "xla_bias"):
+        mod = var_lib.build(c, attention=impl)
+        loss = lambda p, mod=mod: (mod.apply({"params": p}, labels, x) ** 2).mean()  # noqa: E731
+        out[impl] = jax.jit(jax.value_and_grad(loss))(model.params)
+    for a, b in zip(jax.tree.leaves(out["xla"]), jax.tree.leaves(out["xla_bias"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
 def _layout(params) -> dict:
     """{"a/b/c": shape} of a (possibly logically boxed, abstract) parameter tree."""
     flat = jax.tree_util.tree_flatten_with_path(nn.meta.unbox(params))[0]

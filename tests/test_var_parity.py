@@ -97,6 +97,17 @@ def test_teacher_forced_logits(models, fixtures_dir, name):
     assert rel <= REL_TOL and rel_tf <= REL_TOL
 
 
+@pytest.mark.parametrize("name", ["l2", "nol2"])
+def test_teacher_forced_logits_bias_attention(models, fixtures_dir, name):
+    """The "xla_bias" attention (issue 18: the block-causal mask as an additive bias) meets
+    the same tolerance against VAR's logits as the exact path."""
+    g = _golden(fixtures_dir, name)
+    m = models[name]
+    biased = var_lib.build(m.config, attention="xla_bias")
+    rel = _rel(var_lib.forward(biased, m.params, g["labels"], g["x_BLCv"]), g["logits"])
+    assert rel <= REL_TOL
+
+
 # nol2 sampling is left out (its golden tokens exist): the sampler code is shared and the
 # plain-attention scale is covered by its logits; each case costs a compilation
 @pytest.mark.parametrize("name,cfg", [("l2", 0.0), ("l2", 4.0), ("shared", 4.0)])
