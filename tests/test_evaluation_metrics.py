@@ -86,8 +86,10 @@ def test_inception_loader_errors_name_file_source_and_flag(tmp_path):
 def feature_sets(golden):
     out = {}
     for name, f in golden[0]["features"].items():
+        # No exact sha256 of these: they pass through a BLAS matmul, whose last bits depend on
+        # the threads it gets (a run pinned to one core differs from a 2-core run). A changed
+        # random stream would move FID/KID/PR by orders of magnitude beyond the tests' 1e-6.
         g, r = random_features(f["seed"], f["n_generated"], f["n_real"], f["dim"])
-        assert checksum({"generated": g, "real": r}) == f["sha256"], "numpy's random stream changed"
         out[name] = (g, r, f)
     return out
 
