@@ -130,7 +130,6 @@ def _run_block(cmds, ws, log=None):
         assert r.returncode == 0, f"{line}\n-> {' '.join(argv)}\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
 
 
-@pytest.mark.slow
 def test_readme_train_on_real_data(workspace):
     cmds = bash_blocks("README.md", "## Train on real data")
     assert any("cnsatmap_d24" in c for c in cmds) and any("var_init" in c for c in cmds)
@@ -139,7 +138,6 @@ def test_readme_train_on_real_data(workspace):
     assert any((workspace / "maps").iterdir())
 
 
-@pytest.mark.slow
 def test_training_md_papers_run(tmp_path_factory):
     # its own workspace: the README block converts into the same ckpt/ paths
     workspace = make_workspace(tmp_path_factory.mktemp("docs_training"))
