@@ -61,11 +61,6 @@ SAMPLERS = {
 LOOKUP = "satellite->map token lookup (no learning)"
 
 
-def _baselines(tok, ts, tm, s_te, m_te):
-    """The majority and lookup rows of lc.evaluate without a model (the same code)."""
-    return lc.score(tok, lc.token_baselines(tok, ts, tm, s_te, len(m_te)), lc.tokens_of(tok, m_te))
-
-
 def _row(seed, group, name, r, key="model", secs=None):
     per_scale = r[f"acc_{key}_per_scale"]
     out = {"seed": seed, "group": group, "row": name, "class_acc": round(r[f"class_acc_{key}"], 4),
@@ -102,8 +97,6 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--geometry", default="paper", choices=sorted(lc.GEOMETRIES))
     ap.add_argument("--quick", action="store_true", help="one seed, the paper layout, no sampler sweep")
-    ap.add_argument("--baselines-only", action="store_true",
-                    help="no training: the majority and satellite->map lookup rows of each seed")
     ap.add_argument("--table-from", nargs="+", metavar="JSONL",
                     help="print the table of the JSON lines in these files (earlier runs) and stop")
     args = ap.parse_args()
@@ -118,11 +111,6 @@ def main():
     for seed in seeds:
         tok, (_, _, c_tr), (s_te, m_te, c_te), (ts, tm) = lc.prepare(n_train=args.n_train, seed=seed,
                                                                      geometry=args.geometry)
-        if args.baselines_only:
-            r = _baselines(tok, ts, tm, s_te, m_te)
-            rows += [_row(seed, "layout", "majority token", r, "majority"),
-                     _row(seed, "layout", LOOKUP, r, "lookup")]
-            continue
         for name, kw in layouts.items():
             model, secs, _ = lc.train(tok, ts, tm, c_tr, steps=args.steps, batch=args.batch, width=64,
                                       lr=3e-3, seed=seed, log=lambda s: print(s, file=sys.stderr, flush=True), **kw)
