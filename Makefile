@@ -8,6 +8,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXTRAS ?= test,plot,geo
 PYTEST_ARGS ?=
+# pytest-xdist workers: one per core (`make test TEST_WORKERS=0` runs in one process).
+TEST_WORKERS ?= auto
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS))
 
 # First Python >= 3.12 found on PATH or under pyenv.
 PYTHON_BOOT ?= $(shell for p in python3.13 python3.12 $$(ls -d $$HOME/.pyenv/versions/3.1[2-9]*/bin/python 2>/dev/null | sort -rV); do \
@@ -30,14 +33,14 @@ $(STAMP): setup.cfg pyproject.toml
 # or time out a real multi-process run); `make test-slow` runs exactly those, `make test-all`
 # both. CI (.ci/run) runs `make test` then `make test-slow`: nothing is skipped, only split.
 test: venv
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 	@echo "make test: the tests marked slow were deselected above; 'make test-slow' runs them (CI runs both)"
 
 test-slow: venv
-	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+	$(PY) -m pytest -m slow $(XDIST) $(PYTEST_ARGS)
 
 test-all: venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # examples/demo.py is a script of the repository (it reads configs/ beside it), not a module of
 # the installed package.
