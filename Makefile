@@ -16,7 +16,7 @@ XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS))
 PYTHON_BOOT ?= $(shell for p in python3.13 python3.12 $$(ls -d $$HOME/.pyenv/versions/3.1[2-9]*/bin/python 2>/dev/null | sort -rV); do \
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' 2>/dev/null && { command -v $$p; break; }; done)
 
-.PHONY: venv test test-slow test-all demo clean fixtures bench bench-cpu bench-cpu-check mutation
+.PHONY: venv test test-slow test-all demo clean fixtures bench bench-cpu bench-cpu-check mutation mutation-planted
 
 venv: $(STAMP)
 
@@ -72,11 +72,19 @@ bench-cpu: bench-cpu-check venv
 	$(PY) benchmarks/gpu_vs_pytorch.py --cpu $(if $(BENCH_CORE),--cpu-core $(BENCH_CORE)) \
 	  --var-dir $(VAR_DIR) --torch-python $(TORCH_PY) --out $(BENCH_OUT)
 
-# Planted one-line mistakes in the modules whose errors are silent (masks, loss masking, GAN
-# stop-gradients, sampling filter/temperature, conventions, bf16), each run against the tests
-# that must catch it (tests/mutants.py; docs/testing.md records a run). Not part of `make test`.
+# Mutation score (issue 17): mutmut mutates every function of the modules whose mistakes are
+# silent (masks, layout, guidance, top-k/top-p, quantizer, the losses, TFRecord framing) and runs
+# the tests that reach each mutant (tests/mutation_score.py prints the table docs/testing.md
+# records; about MUTATION_MIN minutes on the 2-core machine). Not part of `make test`.
+MUTATION_WORKERS ?= 2
 mutation: venv
+	$(PY) -m pip install -q -e ".[$(EXTRAS),mutation]"
+	$(PY) tests/mutation_score.py --workers $(MUTATION_WORKERS) --survivors mutants.survivors.txt
+
+# The hand-planted one-line mistakes of tests/mutants.py, each against the tests that must
+# catch it (docs/testing.md records a run). Not part of `make test`.
+mutation-planted: venv
 	$(PY) tests/mutants.py
 
 clean:
-	rm -rf $(VENV) demo_out bench_cpu_out .pytest_cache
+	rm -rf $(VENV) demo_out bench_cpu_out .pytest_cache mutants mutants.log mutants.survivors.txt

@@ -42,3 +42,25 @@ def tiny_em_model(tmp_path_factory):
     assert res.returncode == 0, res.stderr[-3000:]
     return {"model": root / "run" / "model", "tokenizer": root / "tokenizer", "data": root / "data",
             "image_size": tiny.MICRO_TOKENIZER["image_size"]}
+
+
+# ----------------------------------------------------------------------------- mutation runs
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under mutmut (`make mutation`, tests/mutation_score.py): the test files whose tests ran
+    fastest in mutmut's clean run come first, so that a mutant one of them kills stops there
+    (mutmut runs pytest -x); the order inside a file is kept, so its fixtures are built once."""
+    import json
+
+    if not os.environ.get("MUTANT_UNDER_TEST"):
+        return
+    stats = pathlib.Path("mutmut-stats.json")  # mutmut runs the tests from inside mutants/
+    if not stats.exists():
+        return
+    duration = json.loads(stats.read_text()).get("duration_by_test", {})
+    per_file = {}
+    for item in items:
+        f = item.nodeid.split("::")[0]
+        per_file[f] = per_file.get(f, 0.0) + float(duration.get(item.nodeid, 0.0))
+    items.sort(key=lambda item: per_file[item.nodeid.split("::")[0]])  # stable: file order kept

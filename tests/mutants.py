@@ -1,4 +1,4 @@
-"""Planted one-line mistakes and the tests that must catch them (`make mutation`, not `make test`).
+"""Planted one-line mistakes and the tests that must catch them (`make mutation-planted`, not `make test`).
 
 Each mutant is (name, file, original text, mutated text, pytest selection). The package and the
 tests are copied to a temporary directory, one mutant is applied at a time, the selected tests
