@@ -130,3 +130,51 @@ def test_dead_codes_with_fewer_features_than_codes():
     new, _, _ = losses.restart_dead_codes(_vae_params(codebook), age, feats.reshape(1, 1, 2, 2),
                                           jax.random.key(1), max_age=3)
     np.testing.assert_array_equal(new["vae"]["quantize"]["codebook"], cb)
+
+
+def test_code_age_counts_a_single_hit_and_keeps_other_params():
+    age = jnp.array([4, 4], jnp.int32)
+    np.testing.assert_array_equal(losses.update_code_age(age, jnp.array([[1, 0], [0, 0]])), [0, 5])
+    # restarting keeps every other entry of the training tree and of the quantizer
+    params = {"vae": {"quantize": {"codebook": jnp.zeros((4, 2)), "phi_0": {"w": jnp.ones(1)}}},
+              "disc": {"w": jnp.ones(2)}}
+    feats = jnp.arange(8.0).reshape(4, 2) + 1.0  # exactly as many features as codes
+    new, _, n = losses.restart_dead_codes(params, jnp.full((4,), 9), feats, jax.random.key(5), max_age=5)
+    assert set(new) == {"vae", "disc"} and set(new["vae"]["quantize"]) == {"codebook", "phi_0"}
+    cb = np.asarray(new["vae"]["quantize"]["codebook"])
+    # n == V: every code takes a different feature (a permutation of the rows)
+    assert int(n) == 4 and sorted(map(tuple, cb)) == sorted(map(tuple, np.asarray(feats)))
+
+
+def test_tokenizer_loss_is_the_weighted_sum_by_hand():
+    import ml_collections
+
+    from earthmapper_jax.tokenizer.model import VQVAE
+    from earthmapper_jax.tokenizer.config import model_config
+    from earthmapper_jax.tokenizer import init_params
+
+    micro = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=4, vocab_size=16,
+                 image_size=8, patch_nums=(1, 2, 4))
+    weights = dict(l1_weight=0.3, l2_weight=0.7, vq_weight=0.2)
+    cfg = ml_collections.ConfigDict({"model": micro, "loss": weights})
+    vae_params = init_params(micro, jax.random.key(0))
+    x = jax.random.uniform(jax.random.key(1), (2, 8, 8, 3), minval=-1, maxval=1)
+    loss, m = losses.tokenizer_loss({"vae": vae_params}, x, None, cfg)
+    rec, vq, hits, _ = VQVAE(model_config(micro)).apply({"params": vae_params}, x)
+    l1, l2 = float(jnp.mean(jnp.abs(rec - x))), float(jnp.mean((rec - x) ** 2))
+    np.testing.assert_allclose(float(m["rec_l1"]), l1, rtol=1e-5)
+    np.testing.assert_allclose(float(m["rec_l2"]), l2, rtol=1e-5)
+    np.testing.assert_allclose(float(m["vq_loss"]), float(vq), rtol=1e-5)
+    np.testing.assert_allclose(float(loss), 0.3 * l1 + 0.7 * l2 + 0.2 * float(vq), rtol=1e-5)
+    assert loss.dtype == jnp.float32
+    # usage: the share of codes hit at each scale, and at any scale
+    h = np.asarray(hits) > 0
+    np.testing.assert_array_equal(m["hits"], hits)
+    for k in range(3):
+        np.testing.assert_allclose(float(m[f"usage/s{k}"]), h[k].mean())
+    np.testing.assert_allclose(float(m["usage"]), h.any(0).mean())
+    assert "g_adv" not in m and "lpips" not in m  # GAN and LPIPS off by default
+    # a plain dict config.loss works the same; missing keys take the defaults
+    lc = losses.loss_config({"loss": {"l1_weight": 0.5}})
+    assert lc["l1_weight"] == 0.5 and lc["l2_weight"] == 1.0 and lc["gan_weight"] == 0.0
+    assert losses.loss_config(cfg)["vq_weight"] == 0.2

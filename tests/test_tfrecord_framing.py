@@ -188,3 +188,24 @@ def test_unframe_checks_sizes(tmp_path):
         tfrecord.unframe(framed[:18], "p", 0, 0)
     with pytest.raises(DataError, match="record is 20 bytes, its header says 19"):
         tfrecord.unframe(framed + b"!", "p", 0, 0)
+
+
+def test_unframe_verifies_by_default(tmp_path):
+    bad = bytearray(tfrecord.frame(b"payload"))
+    bad[13] ^= 0x01
+    with pytest.raises(DataError, match="data CRC mismatch"):
+        tfrecord.unframe(bytes(bad), "p", 0, 0)
+    assert tfrecord.unframe(bytes(bad), "p", 0, 0, verify=False) != b"payload"
+    bad = bytearray(tfrecord.frame(b"payload"))
+    bad[9] ^= 0x01
+    with pytest.raises(DataError, match="length CRC mismatch"):
+        tfrecord.unframe(bytes(bad), "p", 0, 0)
+
+
+def test_a_one_entry_index_of_an_empty_shard(tmp_path):
+    path = _shard(tmp_path, [], "empty.tfrecord")
+    tfrecord.write_index(path + tfrecord.INDEX_SUFFIX, np.zeros(1, np.uint64))
+    got = tfrecord.load_offsets(path)
+    np.testing.assert_array_equal(got, [0])
+    assert got.dtype == np.uint64
+    assert os.path.getsize(path + tfrecord.INDEX_SUFFIX) == 8
