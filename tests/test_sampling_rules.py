@@ -201,3 +201,44 @@ def test_key_point_force_threshold_is_strict_and_keeps_dtype():
     np.testing.assert_array_equal(out, [1, 1, 1, 4, 4])
     assert out.dtype == jnp.int16
     np.testing.assert_array_equal(G.key_point_force(gen, cond, V, 0.0), [1, 2, 3, 4, 4])
+
+
+def _filter_rows(logits, top_k, top_p):
+    """VAR's filter restated per row in numpy (float64)."""
+    out = []
+    for row in np.asarray(logits, np.float64):
+        row = row.copy()
+        if 0 < top_k < row.size:
+            row[row < np.sort(row)[::-1][top_k - 1]] = -np.inf
+        if top_p > 0:
+            order = np.argsort(row, kind="stable")  # ascending
+            p = np.exp(row[order] - row[order].max())
+            cum = np.cumsum(p / p.sum())
+            remove = cum <= 1 - top_p
+            remove[-1] = False
+            row[order[remove]] = -np.inf
+        out.append(row)
+    return np.stack(out)
+
+
+def test_filter_on_a_batch_of_bf16_rows():
+    logits = jax.random.normal(jax.random.key(7), (4, 9)).astype(jnp.bfloat16) * 3
+    for top_k, top_p in ((0, 0.6), (4, 0.0), (5, 0.8)):
+        got = Fl.filter_top_k_top_p(logits, top_k=top_k, top_p=top_p)
+        assert got.dtype == jnp.float32 and got.shape == (4, 9)
+        want = _filter_rows(np.asarray(logits.astype(jnp.float32)), top_k, top_p)
+        np.testing.assert_array_equal(_kept(got), np.isfinite(want))
+        vals, ids = Fl.candidates(logits, top_k=top_k, top_p=top_p)
+        np.testing.assert_array_equal(_kept(Fl.scatter_candidates(vals, ids, 9)), np.isfinite(want))
+    # a batch of (2, 3, V) candidates scatters row by row
+    vals, ids = Fl.candidates(jnp.arange(24.0).reshape(2, 3, 4) % 5, top_k=2, tie_margin=0)
+    full = Fl.scatter_candidates(vals, ids, 4)
+    assert full.shape == (2, 3, 4) and full.dtype == jnp.float32
+    np.testing.assert_array_equal(_kept(full).sum(-1), 2)
+
+
+def test_gumbel_softmax_normalises_over_the_vocabulary_of_each_row():
+    logits = jax.random.normal(jax.random.key(8), (2, 3, 5)).astype(jnp.bfloat16)
+    p = Fl.gumbel_softmax(jax.random.key(9), logits, 0.7)
+    assert p.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(p).sum(-1), 1.0, rtol=1e-5)
