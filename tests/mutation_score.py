@@ -133,18 +133,20 @@ def table(results: dict[str, str], equivalent: dict[str, str], modules) -> tuple
                 st["equivalent"] += 1
             elif status == "no tests":
                 st["no test"] += 1
+            elif status == "not checked":  # an interrupted run (--resume continues it)
+                st["not checked"] += 1
             else:
                 st["survived"] += 1
         tot.update(st)
         rows.append((module, st))
     rows.append(("all", tot))
-    lines = ["| module | mutants | killed | survived | equivalent | no test | score |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| module | mutants | killed | survived | equivalent | no test | not checked | score |",
+             "|---|---|---|---|---|---|---|---|"]
     for module, st in rows:
         denom = st["mutants"] - st["equivalent"]
         score = st["killed"] / denom if denom else 1.0
         lines.append(f"| {module} | {st['mutants']} | {st['killed']} | {st['survived']} | "
-                     f"{st['equivalent']} | {st['no test']} | {100 * score:.1f} % |")
+                     f"{st['equivalent']} | {st['no test']} | {st['not checked']} | {100 * score:.1f} % |")
     denom = tot["mutants"] - tot["equivalent"]
     stale = [n for n in equivalent if n in results and results[n] in KILLED]
     return "\n".join(lines), (tot["killed"] / denom if denom else 1.0), stale
