@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import fnmatch
 import json
 import pathlib
 import shutil
@@ -99,8 +100,6 @@ def read_results() -> dict[str, str]:
 
 
 def in_scope(name: str, patterns: list[str]) -> bool:
-    import fnmatch
-
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
